@@ -1,0 +1,1 @@
+//! PCA v1 operations (placeholder while the PCA client is written).

@@ -1,0 +1,1 @@
+//! SCM v3 operations (placeholder while the SCM client is written).

@@ -1,0 +1,11 @@
+//! ccm-agent: keeps certificates from Huawei Cloud Certificate Manager (CCM) fresh on a host.
+//!
+//! # Layout
+//! - [`cloud`]: the CCM API client (SCM v3, PCA v1, IAM tokens, AK/SK signing).
+//! - [`emulator`]: a local CCM that speaks the same APIs, signs real certificates, and injects
+//!   faults; the peer of every test and the backend of the demo.
+//! - [`pki`]: key generation, X.509 building, signing and parsing shared by both.
+
+pub mod cloud;
+pub mod emulator;
+pub mod pki;

@@ -1,1 +1,0 @@
-//! PCA v1 operations (placeholder while the PCA client is written).

@@ -1,0 +1,1 @@
+//! PCA private CA operations (the CA engineer fills this in).

@@ -1,0 +1,1 @@
+//! PCA private certificate operations (the certificate engineer fills this in).

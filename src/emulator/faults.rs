@@ -92,7 +92,11 @@ impl FaultRule {
 }
 
 /// Find the first matching rule, roll its rate, count it down, and return a copy if it fires.
-pub(crate) fn take(rules: &mut [FaultRule], operation: &str, target: Option<&str>) -> Option<FaultRule> {
+pub(crate) fn take(
+    rules: &mut [FaultRule],
+    operation: &str,
+    target: Option<&str>,
+) -> Option<FaultRule> {
     use rand::RngExt;
     let rule = rules.iter_mut().find(|r| r.matches(operation, target))?;
     if rule.rate < 1.0 && !rand::rng().random_bool(rule.rate.clamp(0.0, 1.0)) {
@@ -122,8 +126,14 @@ mod tests {
         ];
         assert!(take(&mut rules, "scm.list_certificates", None).is_none());
         assert!(take(&mut rules, "scm.deploy_certificate", None).is_some());
-        assert!(take(&mut rules, "scm.deploy_certificate", None).is_none(), "times exhausted");
-        assert!(take(&mut rules, "scm.batch_push_certificate", None).is_none(), "target rule only for targets");
+        assert!(
+            take(&mut rules, "scm.deploy_certificate", None).is_none(),
+            "times exhausted"
+        );
+        assert!(
+            take(&mut rules, "scm.batch_push_certificate", None).is_none(),
+            "target rule only for targets"
+        );
         assert!(take(&mut rules, "scm.batch_push_certificate", Some("r2")).is_none());
         assert!(take(&mut rules, "scm.batch_push_certificate", Some("r1")).is_some());
         let wild = FaultRule::new("pca.*");

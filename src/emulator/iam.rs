@@ -65,10 +65,18 @@ struct Named {
 async fn create_token(State(shared): State<Shared>, body: Bytes) -> Response {
     let req: TokenRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return iam_error(StatusCode::BAD_REQUEST, &format!("The request body is invalid: {e}")),
+        Err(e) => {
+            return iam_error(
+                StatusCode::BAD_REQUEST,
+                &format!("The request body is invalid: {e}"),
+            );
+        }
     };
     if !req.auth.identity.methods.iter().any(|m| m == "password") {
-        return iam_error(StatusCode::BAD_REQUEST, "Only the password method is supported here.");
+        return iam_error(
+            StatusCode::BAD_REQUEST,
+            "Only the password method is supported here.",
+        );
     }
     let Some(pw) = req.auth.identity.password else {
         return iam_error(StatusCode::BAD_REQUEST, "identity.password is required.");
@@ -78,7 +86,10 @@ async fn create_token(State(shared): State<Shared>, body: Bytes) -> Response {
         && pw.user.password == cfg.password.expose()
         && pw.user.domain.name == cfg.domain_name;
     if !ok {
-        return iam_error(StatusCode::UNAUTHORIZED, "The username or password is wrong.");
+        return iam_error(
+            StatusCode::UNAUTHORIZED,
+            "The username or password is wrong.",
+        );
     }
     let now = shared.now();
     let expires = now + TOKEN_LIFETIME;
@@ -143,6 +154,7 @@ async fn list_domains(State(shared): State<Shared>) -> Response {
 
 /// A stable id from a name, without pulling in another hash crate.
 fn fxhash(s: &str) -> u128 {
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u128, |h, b| (h ^ u128::from(b)).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325_u128, |h, b| {
+        (h ^ u128::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

@@ -248,7 +248,11 @@ impl Shared {
     }
 
     pub(crate) fn record(&self, mut rec: RequestRecord) {
-        rec.seq = self.0.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        rec.seq = self
+            .0
+            .seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         let mut log = lock(&self.0.log);
         if log.len() >= REQUEST_LOG_CAPACITY {
             log.pop_front();
@@ -395,7 +399,11 @@ impl Emulator {
 
     /// The base URL of all three services, e.g. `http://127.0.0.1:40123`.
     pub fn base_url(&self) -> String {
-        let scheme = if self.tls_ca_pem.is_some() { "https" } else { "http" };
+        let scheme = if self.tls_ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://{}", self.addr)
     }
 

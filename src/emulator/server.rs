@@ -90,7 +90,9 @@ pub(crate) fn identify(method: &Method, path: &str) -> Option<(&'static str, boo
         ("GET", ["v1", "private-certificates"]) => "pca.list_certificate",
         ("POST", ["v1", "private-certificates"]) => "pca.create_certificate",
         ("POST", ["v1", "private-certificates", "csr"]) => "pca.create_certificate_by_csr",
-        ("POST", ["v1", "private-certificates", "csr", "parse"]) => "pca.parse_certificate_signing_request",
+        ("POST", ["v1", "private-certificates", "csr", "parse"]) => {
+            "pca.parse_certificate_signing_request"
+        }
         ("GET", ["v1", "private-certificates", "quotas"]) => "pca.show_certificate_quota",
         ("GET", ["v1", "private-certificates", _]) => "pca.show_certificate",
         ("DELETE", ["v1", "private-certificates", _]) => "pca.delete_certificate",
@@ -104,7 +106,12 @@ pub(crate) fn identify(method: &Method, path: &str) -> Option<(&'static str, boo
 fn header_list(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect()
 }
 
@@ -133,12 +140,19 @@ fn authenticate(
         let lookup = |ak: &str| (ak == cfg.access_key).then(|| cfg.secret_key.clone());
         // Signatures are checked against the real wall clock: moving the emulator's clock
         // ages certificates, not the requests of a client living in real time.
-        auth::verify(&req, lookup, time::OffsetDateTime::now_utc(), super::SIGNATURE_MAX_SKEW)
-            .map_err(|e| ApiError::unauthorized(&e.to_string()))?;
+        auth::verify(
+            &req,
+            lookup,
+            time::OffsetDateTime::now_utc(),
+            super::SIGNATURE_MAX_SKEW,
+        )
+        .map_err(|e| ApiError::unauthorized(&e.to_string()))?;
         if let Some(domain) = headers.get(auth::HEADER_DOMAIN_ID)
             && domain.as_bytes() != cfg.domain_id.as_bytes()
         {
-            return Err(ApiError::unauthorized("X-Domain-Id does not match the access key's account"));
+            return Err(ApiError::unauthorized(
+                "X-Domain-Id does not match the access key's account",
+            ));
         }
         return Ok("aksk");
     }
@@ -149,7 +163,9 @@ fn authenticate(
         }
         return Err(ApiError::unauthorized("the token is invalid or expired"));
     }
-    Err(ApiError::unauthorized("no Authorization or X-Auth-Token header"))
+    Err(ApiError::unauthorized(
+        "no Authorization or X-Auth-Token header",
+    ))
 }
 
 /// Every request passes here: log, control bypass, faults, authentication, handler.
@@ -259,7 +275,9 @@ async fn run_with_fault(
         };
         return ApiError::new(
             status,
-            f.error_code.clone().unwrap_or_else(|| default_code.to_owned()),
+            f.error_code
+                .clone()
+                .unwrap_or_else(|| default_code.to_owned()),
             f.error_msg
                 .clone()
                 .unwrap_or_else(|| "Injected fault.".to_owned()),
@@ -270,7 +288,9 @@ async fn run_with_fault(
     match fault {
         Some(f) if f.truncate_body || f.replace_body.is_some() => {
             let (mut parts, body) = response.into_parts();
-            let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+            let bytes = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
             let new_body = if let Some(replacement) = &f.replace_body {
                 record.fault = Some("body".into());
                 parts.status = StatusCode::OK;
@@ -308,7 +328,10 @@ impl http_body::Body for BrokenBody {
 fn control_routes() -> Router<Shared> {
     Router::new()
         .route("/_emulator/health", get(|| async { "ok" }))
-        .route("/_emulator/requests", get(get_requests).delete(delete_requests))
+        .route(
+            "/_emulator/requests",
+            get(get_requests).delete(delete_requests),
+        )
         .route("/_emulator/clock", get(get_clock).post(post_clock))
         .route(
             "/_emulator/faults",
@@ -352,7 +375,11 @@ async fn post_clock(State(s): State<Shared>, body: Bytes) -> Response {
             s.advance_clock(time::Duration::seconds(c.advance_secs));
             axum::Json(clock_json(&s)).into_response()
         }
-        Err(e) => (StatusCode::BAD_REQUEST, format!("expected {{\"advance_secs\": N}}: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"advance_secs\": N}}: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -371,7 +398,9 @@ async fn post_faults(State(s): State<Shared>, body: Bytes) -> Response {
     match serde_json::from_slice::<OneOrMany>(&body) {
         Ok(OneOrMany::One(r)) => s.add_fault(r),
         Ok(OneOrMany::Many(rs)) => rs.into_iter().for_each(|r| s.add_fault(r)),
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("not a fault rule: {e}\n")).into_response(),
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("not a fault rule: {e}\n")).into_response();
+        }
     }
     axum::Json(s.faults()).into_response()
 }
@@ -416,13 +445,19 @@ pub(crate) async fn serve(
         let tls = tls.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let router = router.clone();
-                async move {
-                    use tower::ServiceExt;
-                    Ok::<_, Infallible>(router.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {}))
-                }
-            });
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let router = router.clone();
+                    async move {
+                        use tower::ServiceExt;
+                        Ok::<_, Infallible>(
+                            router
+                                .oneshot(req.map(Body::new))
+                                .await
+                                .unwrap_or_else(|e| match e {}),
+                        )
+                    }
+                });
             let http = hyper::server::conn::http1::Builder::new();
             match tls {
                 Some(acceptor) => {
@@ -448,7 +483,9 @@ pub(crate) fn tls_acceptor() -> anyhow::Result<(tokio_rustls::TlsAcceptor, Strin
     crate::cloud::install_crypto_provider();
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(DnType::CommonName, "ccm-agent emulator CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "ccm-agent emulator CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let now = time::OffsetDateTime::now_utc();
     ca_params.not_before = now - time::Duration::hours(1);
@@ -461,7 +498,9 @@ pub(crate) fn tls_acceptor() -> anyhow::Result<(tokio_rustls::TlsAcceptor, Strin
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ])?;
-    params.distinguished_name.push(DnType::CommonName, "localhost");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(365);
     let cert = params.signed_by(&key, &issuer)?;
@@ -484,13 +523,37 @@ mod tests {
     #[test]
     fn identifies_operations() {
         let id = |m: Method, p: &str| identify(&m, p).map(|(op, _)| op);
-        assert_eq!(id(Method::GET, "/v3/scm/certificates"), Some("scm.list_certificates"));
-        assert_eq!(id(Method::POST, "/v3/scm/certificates/import"), Some("scm.import_certificate"));
-        assert_eq!(id(Method::GET, "/v3/scm/certificates/scs1554192131150"), Some("scm.show_certificate"));
-        assert_eq!(id(Method::POST, "/v3/scm/certificates/x/batch-push"), Some("scm.batch_push_certificate"));
-        assert_eq!(id(Method::GET, "/v1/private-certificate-authorities/quotas"), Some("pca.show_certificate_authority_quota"));
-        assert_eq!(id(Method::POST, "/v1/private-certificates/csr/parse"), Some("pca.parse_certificate_signing_request"));
-        assert_eq!(id(Method::POST, "/v1/private-certificate-authorities/x/bogus"), None);
-        assert_eq!(identify(&Method::POST, "/v3/auth/tokens"), Some(("iam.create_token", false)));
+        assert_eq!(
+            id(Method::GET, "/v3/scm/certificates"),
+            Some("scm.list_certificates")
+        );
+        assert_eq!(
+            id(Method::POST, "/v3/scm/certificates/import"),
+            Some("scm.import_certificate")
+        );
+        assert_eq!(
+            id(Method::GET, "/v3/scm/certificates/scs1554192131150"),
+            Some("scm.show_certificate")
+        );
+        assert_eq!(
+            id(Method::POST, "/v3/scm/certificates/x/batch-push"),
+            Some("scm.batch_push_certificate")
+        );
+        assert_eq!(
+            id(Method::GET, "/v1/private-certificate-authorities/quotas"),
+            Some("pca.show_certificate_authority_quota")
+        );
+        assert_eq!(
+            id(Method::POST, "/v1/private-certificates/csr/parse"),
+            Some("pca.parse_certificate_signing_request")
+        );
+        assert_eq!(
+            id(Method::POST, "/v1/private-certificate-authorities/x/bogus"),
+            None
+        );
+        assert_eq!(
+            identify(&Method::POST, "/v3/auth/tokens"),
+            Some(("iam.create_token", false))
+        );
     }
 }

@@ -79,11 +79,11 @@ async fn wrong_secret_and_wrong_domain_are_refused() {
         RetryPolicy::none(),
         Duration::from_secs(5),
     );
-    let err = client
-        .call::<serde_json::Value>(domains())
-        .await
-        .expect_err("refused");
-    assert_eq!(err.status(), Some(401));
+    // X-Domain-Id goes to the global services (SCM, PCA), not to IAM.
+    let scm = Request::get(Service::Scm, "list_certificates", "/v3/scm/certificates");
+    let err = client.call_raw(scm).await.expect_err("refused");
+    assert_eq!(err.status(), Some(401), "{err}");
+    assert!(err.to_string().contains("X-Domain-Id"), "{err}");
 }
 
 /// Sign a request by hand so the test can tamper with it after signing.

@@ -370,7 +370,10 @@ mod tests {
 
     #[test]
     fn canonical_uri_encodes_segments_and_adds_slash() {
-        assert_eq!(canonical_uri("/v3/scm/certificates"), "/v3/scm/certificates/");
+        assert_eq!(
+            canonical_uri("/v3/scm/certificates"),
+            "/v3/scm/certificates/"
+        );
         assert_eq!(canonical_uri("/a%20b/c d/"), "/a%20b/c%20d/");
         assert_eq!(canonical_uri("/x:y"), "/x%3Ay/");
     }

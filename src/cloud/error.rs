@@ -112,6 +112,9 @@ mod tests {
     #[test]
     fn display_names_code_and_request_id() {
         let s = api(400).to_string();
-        assert!(s.contains("SCM.0005") && s.contains("r1") && s.contains("HTTP 400"), "{s}");
+        assert!(
+            s.contains("SCM.0005") && s.contains("r1") && s.contains("HTTP 400"),
+            "{s}"
+        );
     }
 }

@@ -183,7 +183,13 @@ pub enum Idempotency {
 /// Receives a report of every HTTP exchange, for metrics.
 pub trait Observer: Send + Sync {
     /// One attempt finished: `status` is `None` when no response arrived.
-    fn request_done(&self, service: Service, operation: &str, status: Option<u16>, elapsed: Duration);
+    fn request_done(
+        &self,
+        service: Service,
+        operation: &str,
+        status: Option<u16>,
+        elapsed: Duration,
+    );
     /// A new IAM token was obtained.
     fn token_refreshed(&self) {}
 }
@@ -203,7 +209,12 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn new(service: Service, operation: &'static str, method: Method, path: impl Into<String>) -> Self {
+    pub fn new(
+        service: Service,
+        operation: &'static str,
+        method: Method,
+        path: impl Into<String>,
+    ) -> Self {
         let idempotency = if method == Method::POST {
             Idempotency::Creates
         } else {
@@ -248,8 +259,9 @@ impl Request {
 
     /// Set a JSON body.
     pub fn json(mut self, body: &impl Serialize) -> Result<Self, CloudError> {
-        let bytes = serde_json::to_vec(body)
-            .map_err(|e| CloudError::Invalid(format!("{}: cannot encode request: {e}", self.operation)))?;
+        let bytes = serde_json::to_vec(body).map_err(|e| {
+            CloudError::Invalid(format!("{}: cannot encode request: {e}", self.operation))
+        })?;
         self.body = Some(bytes);
         Ok(self)
     }
@@ -311,7 +323,9 @@ impl ClientBuilder {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| CloudError::Invalid(format!("extra CA bundle: {e}")))?;
             if certs.is_empty() {
-                return Err(CloudError::Invalid("extra CA bundle holds no certificate".into()));
+                return Err(CloudError::Invalid(
+                    "extra CA bundle holds no certificate".into(),
+                ));
             }
             for cert in certs {
                 http = http.add_root_certificate(cert);
@@ -473,7 +487,10 @@ impl Client {
                     }
                 }
                 if let Some(token) = &cred.security_token {
-                    headers.push((auth::HEADER_SECURITY_TOKEN.to_owned(), token.expose().to_owned()));
+                    headers.push((
+                        auth::HEADER_SECURITY_TOKEN.to_owned(),
+                        token.expose().to_owned(),
+                    ));
                 }
                 let signable = auth::SignableRequest {
                     method: req.method.as_str(),
@@ -482,13 +499,17 @@ impl Client {
                     headers: &headers,
                     body: req.body.as_deref().unwrap_or_default(),
                 };
-                let authorization = auth::authorization(&cred.access_key, &cred.secret_key, &signable);
+                let authorization =
+                    auth::authorization(&cred.access_key, &cred.secret_key, &signable);
                 headers.push(("Authorization".to_owned(), authorization));
             }
             Credentials::Password(identity) => {
                 if req.service != Service::Iam {
                     let token = self.token(identity).await?;
-                    headers.push((auth::HEADER_AUTH_TOKEN.to_owned(), token.expose().to_owned()));
+                    headers.push((
+                        auth::HEADER_AUTH_TOKEN.to_owned(),
+                        token.expose().to_owned(),
+                    ));
                 }
             }
         }
@@ -538,7 +559,12 @@ impl Client {
         }
     }
 
-    fn transport_error(&self, service: &'static str, operation: &'static str, e: &reqwest::Error) -> CloudError {
+    fn transport_error(
+        &self,
+        service: &'static str,
+        operation: &'static str,
+        e: &reqwest::Error,
+    ) -> CloudError {
         if e.is_timeout() {
             return CloudError::Timeout {
                 service,
@@ -659,7 +685,11 @@ impl Client {
 }
 
 /// Decode a JSON body, naming the operation and what did not fit.
-pub fn decode_json<T: DeserializeOwned>(service: &'static str, operation: &'static str, body: &[u8]) -> Result<T, CloudError> {
+pub fn decode_json<T: DeserializeOwned>(
+    service: &'static str,
+    operation: &'static str,
+    body: &[u8],
+) -> Result<T, CloudError> {
     serde_json::from_slice(body).map_err(|e| CloudError::Decode {
         service,
         operation,
@@ -739,9 +769,18 @@ mod tests {
     #[test]
     fn region_endpoints() {
         let e = Endpoints::for_region("ap-southeast-1").expect("region");
-        assert_eq!(e.scm.as_str(), "https://scm.ap-southeast-1.myhuaweicloud.com/");
-        assert_eq!(e.pca.as_str(), "https://ccm.ap-southeast-1.myhuaweicloud.com/");
-        assert_eq!(e.iam.as_str(), "https://iam.ap-southeast-1.myhuaweicloud.com/");
+        assert_eq!(
+            e.scm.as_str(),
+            "https://scm.ap-southeast-1.myhuaweicloud.com/"
+        );
+        assert_eq!(
+            e.pca.as_str(),
+            "https://ccm.ap-southeast-1.myhuaweicloud.com/"
+        );
+        assert_eq!(
+            e.iam.as_str(),
+            "https://iam.ap-southeast-1.myhuaweicloud.com/"
+        );
         assert!(Endpoints::for_region("evil.com/x").is_err());
         assert!(Endpoints::single("ftp://x").is_err());
     }
@@ -751,7 +790,10 @@ mod tests {
         let p = RetryPolicy::default();
         let mut rng = rand::rng();
         for retry in 1..10 {
-            let cap = p.base_delay.saturating_mul(2u32.pow(retry - 1)).min(p.max_delay);
+            let cap = p
+                .base_delay
+                .saturating_mul(2u32.pow(retry - 1))
+                .min(p.max_delay);
             for _ in 0..50 {
                 assert!(p.backoff(retry, &mut rng) <= cap);
             }
@@ -762,10 +804,22 @@ mod tests {
     fn api_error_parses_flat_and_nested_forms() {
         let mut h = reqwest::header::HeaderMap::new();
         h.insert("X-Request-Id", "abc".parse().expect("header"));
-        let e = api_error("scm", "list", 400, &h, br#"{"error_code":"SCM.0005","error_msg":"bad"}"#);
+        let e = api_error(
+            "scm",
+            "list",
+            400,
+            &h,
+            br#"{"error_code":"SCM.0005","error_msg":"bad"}"#,
+        );
         assert_eq!(e.code(), Some("SCM.0005"));
         assert!(e.to_string().contains("abc"));
-        let e = api_error("iam", "t", 401, &h, br#"{"error":{"message":"auth","title":"Unauthorized"}}"#);
+        let e = api_error(
+            "iam",
+            "t",
+            401,
+            &h,
+            br#"{"error":{"message":"auth","title":"Unauthorized"}}"#,
+        );
         assert!(e.to_string().contains("auth"));
         let e = api_error("pca", "x", 502, &h, b"<html>bad gateway</html>");
         assert!(e.to_string().contains("bad gateway"));

@@ -27,7 +27,11 @@ pub fn parse_scm_time(s: &str) -> Option<OffsetDateTime> {
 pub fn format_scm_time(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     let fmt = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    format!("{}.{}", t.format(fmt).unwrap_or_default(), t.millisecond() / 100)
+    format!(
+        "{}.{}",
+        t.format(fmt).unwrap_or_default(),
+        t.millisecond() / 100
+    )
 }
 
 /// A PCA epoch-milliseconds value as a time.
@@ -52,7 +56,9 @@ pub mod scm_time_opt {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<OffsetDateTime>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<OffsetDateTime>, D::Error> {
         let raw: Option<String> = Option::deserialize(d)?;
         match raw.as_deref().map(str::trim) {
             None | Some("") => Ok(None),
@@ -75,7 +81,9 @@ pub mod epoch_ms_opt {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<OffsetDateTime>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<OffsetDateTime>, D::Error> {
         let raw: Option<i64> = Option::deserialize(d)?;
         match raw {
             None => Ok(None),

@@ -509,3 +509,41 @@ pub fn seed_demo(shared: &Shared) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_and_project_checks() {
+        assert!(check_region("ap-southeast-1").is_ok());
+        assert!(check_region("cn-north-4_subproject").is_ok());
+        assert_eq!(
+            check_region("mars-1").map_err(|e| e.code),
+            Err("SCM.0068".into())
+        );
+        assert_eq!(
+            check_region("AP southeast").map_err(|e| e.code),
+            Err("SCM.0061".into())
+        );
+        assert!(valid_enterprise_project_id("0"));
+        assert!(valid_enterprise_project_id(
+            "2b5a3c1d-0e4f-4a6b-8c7d-9e0f1a2b3c4d"
+        ));
+        assert!(!valid_enterprise_project_id("all"));
+        assert!(!valid_enterprise_project_id(
+            "2B5A3C1D-0E4F-4A6B-8C7D-9E0F1A2B3C4D"
+        ));
+    }
+
+    #[test]
+    fn ids_are_scs_and_13_digits_and_unique() {
+        let mut store = ScmStore::default();
+        let now = OffsetDateTime::now_utc();
+        let a = store.next_id(now);
+        let b = store.next_id(now - time::Duration::days(1));
+        assert_eq!(a.len(), 16);
+        assert!(a.starts_with("scs") && a[3..].bytes().all(|c| c.is_ascii_digit()));
+        assert!(b > a, "ids keep growing when the clock moves back");
+    }
+}

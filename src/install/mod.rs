@@ -56,6 +56,9 @@ pub use verify::{
 
 use txn::{PlannedFile, TxnKind};
 
+#[doc(hidden)]
+pub use txn::crash;
+
 /// Default mode of certificate, chain and full chain files.
 pub const DEFAULT_CERT_MODE: u32 = 0o644;
 /// Default mode of the private key (and the PKCS#12 file, which contains it).

@@ -19,6 +19,57 @@ use serde::{Deserialize, Serialize};
 use super::fsio::{self, FileAttrs, FsError};
 use super::{InstallError, Role, StateDir, StoredFile, StoredVersion};
 
+/// Simulated crashes for tests: the transaction stops dead at a point, leaving the disk as a
+/// killed process would, and returns an error. Per thread, so parallel tests do not interfere.
+#[doc(hidden)]
+pub mod crash {
+    use std::cell::Cell;
+
+    /// Where to stop.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum CrashPoint {
+        /// Temps and state copies written, not committed.
+        BeforeCommit,
+        /// Committed, nothing renamed yet.
+        AfterCommit,
+        /// Committed, this many changed files renamed into place.
+        AfterRenames(usize),
+        /// Files swapped, `previous/` rotated, `current/` not yet.
+        DuringRotation,
+    }
+
+    thread_local! {
+        static AT: Cell<Option<CrashPoint>> = const { Cell::new(None) };
+    }
+
+    /// Arms a crash for the next transaction on this thread.
+    pub fn crash_at(point: CrashPoint) {
+        AT.with(|c| c.set(Some(point)));
+    }
+
+    pub(super) fn hit(point: CrashPoint) -> bool {
+        AT.with(|c| {
+            if c.get() == Some(point) {
+                c.set(None);
+                true
+            } else {
+                false
+            }
+        })
+    }
+}
+
+use crash::CrashPoint;
+
+const CRASH_OP: &str = "simulate a crash at";
+
+fn crashed(name: &str) -> InstallError {
+    InstallError::State {
+        name: name.to_string(),
+        detail: "simulated crash".into(),
+    }
+}
+
 const MANIFEST: &str = "manifest.json";
 const META: &str = "meta.json";
 const MANIFEST_VERSION: u32 = 1;
@@ -222,6 +273,9 @@ pub(crate) fn run(
         }
     };
 
+    if crash::hit(CrashPoint::BeforeCommit) {
+        return Err(crashed(name));
+    }
     // Commit point: from here on, recovery completes the transaction.
     let committed = dir.join("txn");
     if let Err(e) = fsio::rename(&tmp, &committed).and_then(|()| fsio::sync_dir(&dir)) {
@@ -233,6 +287,9 @@ pub(crate) fn run(
             abort_prepared(&tmp, &manifest);
             return Err(fs_err(e));
         }
+    }
+    if crash::hit(CrashPoint::AfterCommit) {
+        return Err(crashed(name));
     }
     let report = complete_committed(state, name)?;
     Ok(TxnResult {
@@ -278,6 +335,7 @@ fn complete_committed(state: &StateDir, name: &str) -> Result<Completed, Install
     if new_dir.is_dir() && old_dir.is_dir() {
         match swap_forward(&manifest, &new_dir) {
             Ok(c) => changed = c,
+            Err(e) if e.op == CRASH_OP => return Err(crashed(name)),
             Err(forward) => {
                 return match swap_back(&manifest, &new_dir, &old_dir) {
                     Ok(()) => {
@@ -308,6 +366,9 @@ fn complete_committed(state: &StateDir, name: &str) -> Result<Completed, Install
             fsio::remove_dir_if_exists(&old_dir).map_err(fs_err)?;
         }
     }
+    if crash::hit(CrashPoint::DuringRotation) {
+        return Err(crashed(name));
+    }
     if new_dir.is_dir() {
         replace_dir(&new_dir, &dir.join("current")).map_err(fs_err)?;
     }
@@ -333,6 +394,13 @@ fn swap_forward(manifest: &Manifest, new_dir: &Path) -> Result<Vec<PathBuf>, FsE
             .ok()
             .flatten()
             .is_some_and(|c| c == new);
+        if crash::hit(CrashPoint::AfterRenames(changed.len())) {
+            return Err(FsError::new(
+                CRASH_OP,
+                &f.target,
+                std::io::Error::other("simulated crash"),
+            ));
+        }
         if temp_ok {
             fsio::rename(temp, &f.target)?;
         } else {

@@ -149,10 +149,14 @@ impl Journal {
     /// Opens (creating, mode 0700) the journal directory.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, JournalError> {
         let dir = dir.into();
-        fsio::create_private_dir(&dir).map_err(|source| JournalError::Fs {
-            name: "(journal)".into(),
-            source,
-        })?;
+        if !dir.is_dir() {
+            fsio::create_private_dir(&dir)
+                .and_then(|()| fsio::sync_dir(fsio::parent_dir(&dir)))
+                .map_err(|source| JournalError::Fs {
+                    name: "(journal)".into(),
+                    source,
+                })?;
+        }
         Ok(Journal { dir })
     }
 

@@ -149,7 +149,13 @@ pub(crate) fn run(
         source,
     };
     let dir = state.cert_dir(name);
-    fsio::create_private_dir(&dir).map_err(fs_err)?;
+    if !dir.is_dir() {
+        // New directories must survive a crash too: fsync the ones above them.
+        fsio::create_private_dir(&dir).map_err(fs_err)?;
+        let certs = fsio::parent_dir(&dir);
+        fsio::sync_dir(certs).map_err(fs_err)?;
+        fsio::sync_dir(fsio::parent_dir(certs)).map_err(fs_err)?;
+    }
     recover_name(state, name)?;
     planned.sort_by_key(|p| p.role.swap_rank());
 

@@ -4,8 +4,12 @@
 //! - [`cloud`]: the CCM API client (SCM v3, PCA v1, IAM tokens, AK/SK signing).
 //! - [`emulator`]: a local CCM that speaks the same APIs, signs real certificates, and injects
 //!   faults; the peer of every test and the backend of the demo.
+//! - [`agent`]: the daemon: issuance journal (and, later, planning and the watch loop).
+//! - [`install`]: verify before swap, atomic durable install of cert/chain/key, rollback.
 //! - [`pki`]: key generation, X.509 building, signing and parsing shared by both.
 
+pub mod agent;
 pub mod cloud;
 pub mod emulator;
+pub mod install;
 pub mod pki;

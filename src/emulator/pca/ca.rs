@@ -193,7 +193,9 @@ fn e_ca_id(id: &str) -> ApiError {
     err(
         400,
         "PCA.00020201",
-        format!("Invalid CA ID {shown:?}. Valid CA IDs use a hexadecimal xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx format."),
+        format!(
+            "Invalid CA ID {shown:?}. Valid CA IDs use a hexadecimal xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx format."
+        ),
     )
 }
 fn e_ca_type(msg: impl Into<String>) -> ApiError {
@@ -225,7 +227,9 @@ fn e_state(op: &str, status: &str, allowed: &str) -> ApiError {
     err(
         403,
         "PCA.00030201",
-        format!("Operation not allowed in the current status: {op} needs {allowed}, the CA is {status}."),
+        format!(
+            "Operation not allowed in the current status: {op} needs {allowed}, the CA is {status}."
+        ),
     )
 }
 fn e_key_mismatch() -> ApiError {
@@ -243,7 +247,11 @@ fn e_obs() -> ApiError {
     )
 }
 fn e_not_found(id: &str) -> ApiError {
-    err(404, "PCA.00030102", format!("CA or certificate is not found: {id}"))
+    err(
+        404,
+        "PCA.00030102",
+        format!("CA or certificate is not found: {id}"),
+    )
 }
 fn e_issuer_not_found(id: &str) -> ApiError {
     err(404, "PCA.00030103", format!("Issuer CA is not found: {id}"))
@@ -382,9 +390,7 @@ fn parse_signature(s: &str) -> Result<pki::SignatureHash, ApiError> {
 
 /// Characters the CA-details page allows in DN values (plus `*` in the common name).
 fn dn_char_ok(c: char, common_name: bool) -> bool {
-    c.is_alphanumeric()
-        || matches!(c, ' ' | '-' | '_' | '.' | ',')
-        || (common_name && c == '*')
+    c.is_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.' | ',') || (common_name && c == '*')
 }
 
 /// Check the DN fields that are present; with `all_required`, every attribute must be.
@@ -493,9 +499,8 @@ fn validity_window(
     let start = match v.start_from {
         None => now,
         Some(ms) => {
-            let t = from_epoch_ms(ms).ok_or_else(|| {
-                e_validity(format!("Invalid validity start_from {ms}."))
-            })?;
+            let t = from_epoch_ms(ms)
+                .ok_or_else(|| e_validity(format!("Invalid validity start_from {ms}.")))?;
             if t < now - START_FROM_SLACK {
                 return Err(e_validity(format!(
                     "Invalid validity start_from {ms}: it cannot be earlier than the current time minus 5 minutes."
@@ -615,8 +620,7 @@ fn parse_crl(
         None => default_name.to_owned(),
         Some(n) => {
             let ok = (1..=64).contains(&n.chars().count())
-                && n
-                    .bytes()
+                && n.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
             if !ok {
                 return Err(e_crl(format!(
@@ -628,9 +632,7 @@ fn parse_crl(
     };
     Ok(CrlConfiguration {
         enabled: true,
-        crl_dis_point: Some(format!(
-            "https://{bucket}.obs.myhuaweicloud.com/{name}.crl"
-        )),
+        crl_dis_point: Some(format!("https://{bucket}.obs.myhuaweicloud.com/{name}.crl")),
         crl_name: Some(name),
         obs_bucket_name: Some(bucket.to_owned()),
         valid_days: Some(days),
@@ -653,9 +655,7 @@ fn check_enterprise_project(epid: Option<&str>) -> Result<String, ApiError> {
 /// serial is the same number).
 fn new_serial(now: OffsetDateTime) -> (String, Vec<u8>) {
     use rand::RngExt;
-    let fmt = time::macros::format_description!(
-        "[year][month][day][hour][minute][second]"
-    );
+    let fmt = time::macros::format_description!("[year][month][day][hour][minute][second]");
     let stamp = now.format(fmt).unwrap_or_else(|_| "20000101000000".into());
     let tail: u64 = rand::rng().random_range(0..10_000_000_000u64);
     let text = format!("{stamp}{tail:010}");
@@ -725,7 +725,11 @@ fn snapshot_issuer(
         .ok_or_else(|| e_issuer_not_found(issuer_id))?;
     let status = issuer.effective_status(now_ms);
     if status != "ACTIVED" {
-        return Err(e_state("issuing a certificate", status, "an ACTIVED issuer CA"));
+        return Err(e_state(
+            "issuing a certificate",
+            status,
+            "an ACTIVED issuer CA",
+        ));
     }
     let cert_pem = issuer
         .certificate_pem
@@ -879,9 +883,10 @@ pub fn create_ca(shared: &Shared, body: CreateCaBody) -> Result<String, ApiError
         match ca_type {
             "ROOT" => {
                 validate_dn(&dn, true)?;
-                let sig = body.signature_algorithm.as_deref().ok_or_else(|| {
-                    e_sig("signature_algorithm is mandatory for a root CA.")
-                })?;
+                let sig = body
+                    .signature_algorithm
+                    .as_deref()
+                    .ok_or_else(|| e_sig("signature_algorithm is mandatory for a root CA."))?;
                 let validity = body
                     .validity
                     .as_ref()
@@ -914,7 +919,8 @@ pub fn create_ca(shared: &Shared, body: CreateCaBody) -> Result<String, ApiError
                         validity_window(v, now, MAX_SUB_YEARS)?;
                     }
                     let default_name = body.issuer_id.as_deref().unwrap_or(&id);
-                    let crl = parse_crl(body.crl_configuration.as_ref(), &st.pca.obs, default_name)?;
+                    let crl =
+                        parse_crl(body.crl_configuration.as_ref(), &st.pca.obs, default_name)?;
                     Ok((Plan::Pending, dn, crl))
                 }
             },
@@ -956,8 +962,9 @@ pub fn create_ca(shared: &Shared, body: CreateCaBody) -> Result<String, ApiError
             not_before,
             not_after,
         } => {
-            let mut spec = pki::CertificateSpec::new_ca(to_pki_dn(&dn), not_before, not_after, None)
-                .with_hash(hash);
+            let mut spec =
+                pki::CertificateSpec::new_ca(to_pki_dn(&dn), not_before, not_after, None)
+                    .with_hash(hash);
             spec.serial = Some(serial);
             let cert = pki::self_signed(&spec, &key).map_err(e_pki)?;
             rec.certificate_pem = Some(cert);
@@ -1024,7 +1031,9 @@ fn activate_ca(shared: &Shared, ca_id: &str, body: ActivateBody) -> Result<(), A
             return Err(e_state("activating a CA", status, "PENDING"));
         }
         if issuer_id == ca_id {
-            return Err(e_param("Incorrect parameter: a CA cannot issue its own certificate."));
+            return Err(e_param(
+                "Incorrect parameter: a CA cannot issue its own certificate.",
+            ));
         }
         let key_usages = match body.key_usages.as_ref() {
             Some(k) => parse_key_usages(Some(k))?,
@@ -1043,7 +1052,11 @@ fn activate_ca(shared: &Shared, ca_id: &str, body: ActivateBody) -> Result<(), A
     let (serial_text, serial) = new_serial(now);
     let (cert, chain) = sign_sub(&plan, &dn, &key, &key_usages, serial)?;
     shared.update_state(|st| {
-        let rec = st.pca.cas.get_mut(ca_id).ok_or_else(|| e_not_found(ca_id))?;
+        let rec = st
+            .pca
+            .cas
+            .get_mut(ca_id)
+            .ok_or_else(|| e_not_found(ca_id))?;
         if rec.status != "PENDING" {
             return Err(e_state("activating a CA", &rec.status, "PENDING"));
         }
@@ -1108,8 +1121,8 @@ fn import_ca(shared: &Shared, ca_id: &str, body: ImportBody) -> Result<(), ApiEr
         Ok((rec.key_pem.clone(), ours))
     })?;
     let cert_pem = cert_text.replace("\r\n", "\n");
-    let info = pki::parse_cert(&cert_pem)
-        .map_err(|e| e_cert(format!("Incorrect certificate: {e}")))?;
+    let info =
+        pki::parse_cert(&cert_pem).map_err(|e| e_cert(format!("Incorrect certificate: {e}")))?;
     if !info.is_ca {
         return Err(e_cert(
             "Incorrect certificate: it is not a CA certificate (BasicConstraints CA:TRUE).",
@@ -1146,15 +1159,29 @@ fn import_ca(shared: &Shared, ca_id: &str, body: ImportBody) -> Result<(), ApiEr
     let stored_chain = if !chain.is_empty() {
         format!("{}\n", chain_pem.trim())
     } else if let Some((_, _, pem, ichain)) = issuer {
-        format!("{}\n{}", pem.trim_end(), ichain).trim_end().to_owned() + "\n"
+        format!("{}\n{}", pem.trim_end(), ichain)
+            .trim_end()
+            .to_owned()
+            + "\n"
     } else {
         String::new()
     };
-    let path_length = info.path_length.unwrap_or(MAX_SUB_PATH_LENGTH).min(MAX_SUB_PATH_LENGTH);
+    let path_length = info
+        .path_length
+        .unwrap_or(MAX_SUB_PATH_LENGTH)
+        .min(MAX_SUB_PATH_LENGTH);
     shared.update_state(|st| {
-        let rec = st.pca.cas.get_mut(ca_id).ok_or_else(|| e_not_found(ca_id))?;
+        let rec = st
+            .pca
+            .cas
+            .get_mut(ca_id)
+            .ok_or_else(|| e_not_found(ca_id))?;
         if rec.status != "PENDING" {
-            return Err(e_state("importing a CA certificate", &rec.status, "PENDING"));
+            return Err(e_state(
+                "importing a CA certificate",
+                &rec.status,
+                "PENDING",
+            ));
         }
         rec.status = "ACTIVED".to_owned();
         rec.distinguished_name = from_pki_dn(&info.subject);
@@ -1249,7 +1276,10 @@ fn query_int(q: &HashMap<String, String>, key: &str, max: i64) -> Result<Option<
     }
 }
 
-async fn list_cas(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+async fn list_cas(
+    State(shared): State<Shared>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let q = query_map(raw.as_deref());
     let limit = query_int(&q, "limit", 1000)?.unwrap_or(10) as usize;
     let offset = query_int(&q, "offset", i64::from(i32::MAX))?.unwrap_or(0) as usize;
@@ -1257,7 +1287,9 @@ async fn list_cas(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Resu
     if let Some(n) = &name
         && !(1..=64).contains(&n.chars().count())
     {
-        return Err(e_param("Incorrect parameter: name must be 1 to 64 characters."));
+        return Err(e_param(
+            "Incorrect parameter: name must be 1 to 64 characters.",
+        ));
     }
     let status = q.get("status").cloned();
     if let Some(s) = &status
@@ -1275,7 +1307,10 @@ async fn list_cas(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Resu
             "Invalid CA type {t:?}. Only ROOT and SUBORDINATE are supported."
         )));
     }
-    let sort_key = q.get("sort_key").map(String::as_str).unwrap_or("create_time");
+    let sort_key = q
+        .get("sort_key")
+        .map(String::as_str)
+        .unwrap_or("create_time");
     if !["create_time", "common_name", "ca_type", "not_after"].contains(&sort_key) {
         return Err(e_param(format!(
             "Incorrect parameter: sort_key {sort_key:?} must be create_time, common_name, ca_type or not_after."
@@ -1301,7 +1336,11 @@ async fn list_cas(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Resu
                     .as_deref()
                     .is_none_or(|n| c.common_name().to_lowercase().contains(n))
             })
-            .filter(|c| status.as_deref().is_none_or(|s| c.effective_status(now_ms) == s))
+            .filter(|c| {
+                status
+                    .as_deref()
+                    .is_none_or(|s| c.effective_status(now_ms) == s)
+            })
             .filter(|c| ca_type.as_deref().is_none_or(|t| c.ca_type == t))
             .collect();
         hits.sort_by(|a, b| {
@@ -1312,7 +1351,11 @@ async fn list_cas(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Resu
                 _ => a.create_time.cmp(&b.create_time),
             }
             .then_with(|| a.id.cmp(&b.id));
-            if sort_dir == "ASC" { ord } else { ord.reverse() }
+            if sort_dir == "ASC" {
+                ord
+            } else {
+                ord.reverse()
+            }
         });
         let total = hits.len();
         let page: Vec<Value> = hits
@@ -1326,7 +1369,10 @@ async fn list_cas(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Resu
     Ok(axum::Json(body).into_response())
 }
 
-async fn create_ca_handler(State(shared): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+async fn create_ca_handler(
+    State(shared): State<Shared>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req: CreateCaBody = parse_json(&body, |m| e_param(format!("Incorrect parameter: {m}")))?;
     let id = tokio::task::spawn_blocking(move || create_ca(&shared, req))
         .await
@@ -1348,7 +1394,10 @@ async fn show_quota(State(shared): State<Shared>) -> Response {
     .into_response()
 }
 
-async fn show_ca(State(shared): State<Shared>, Path(ca_id): Path<String>) -> Result<Response, ApiError> {
+async fn show_ca(
+    State(shared): State<Shared>,
+    Path(ca_id): Path<String>,
+) -> Result<Response, ApiError> {
     check_ca_id(&ca_id)?;
     let now_ms = now_ms(&shared);
     let domain = shared.config().domain_id.clone();
@@ -1382,7 +1431,11 @@ async fn delete_ca(
     let now_ms = now_ms(&shared);
     shared.update_state(|st| {
         purge(&mut st.pca.cas, now_ms);
-        let rec = st.pca.cas.get_mut(&ca_id).ok_or_else(|| e_not_found(&ca_id))?;
+        let rec = st
+            .pca
+            .cas
+            .get_mut(&ca_id)
+            .ok_or_else(|| e_not_found(&ca_id))?;
         match rec.effective_status(now_ms) {
             "PENDING" => {
                 st.pca.cas.remove(&ca_id);
@@ -1398,7 +1451,10 @@ async fn delete_ca(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn export_csr(State(shared): State<Shared>, Path(ca_id): Path<String>) -> Result<Response, ApiError> {
+async fn export_csr(
+    State(shared): State<Shared>,
+    Path(ca_id): Path<String>,
+) -> Result<Response, ApiError> {
     check_ca_id(&ca_id)?;
     let now_ms = now_ms(&shared);
     let csr = shared.with_state(|st| {
@@ -1425,7 +1481,11 @@ fn transition(
     let now_ms = now_ms(shared);
     shared.update_state(|st| {
         purge(&mut st.pca.cas, now_ms);
-        let rec = st.pca.cas.get_mut(ca_id).ok_or_else(|| e_not_found(ca_id))?;
+        let rec = st
+            .pca
+            .cas
+            .get_mut(ca_id)
+            .ok_or_else(|| e_not_found(ca_id))?;
         let status = rec.effective_status(now_ms).to_owned();
         if !from.contains(&status.as_str()) {
             return Err(e_state(op, &status, &from.join(" or ")));
@@ -1437,15 +1497,30 @@ fn transition(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn disable_ca(State(shared): State<Shared>, Path(ca_id): Path<String>) -> Result<Response, ApiError> {
-    transition(&shared, &ca_id, "disabling a CA", &["ACTIVED", "EXPIRED"], "DISABLED")
+async fn disable_ca(
+    State(shared): State<Shared>,
+    Path(ca_id): Path<String>,
+) -> Result<Response, ApiError> {
+    transition(
+        &shared,
+        &ca_id,
+        "disabling a CA",
+        &["ACTIVED", "EXPIRED"],
+        "DISABLED",
+    )
 }
 
-async fn enable_ca(State(shared): State<Shared>, Path(ca_id): Path<String>) -> Result<Response, ApiError> {
+async fn enable_ca(
+    State(shared): State<Shared>,
+    Path(ca_id): Path<String>,
+) -> Result<Response, ApiError> {
     transition(&shared, &ca_id, "enabling a CA", &["DISABLED"], "ACTIVED")
 }
 
-async fn restore_ca(State(shared): State<Shared>, Path(ca_id): Path<String>) -> Result<Response, ApiError> {
+async fn restore_ca(
+    State(shared): State<Shared>,
+    Path(ca_id): Path<String>,
+) -> Result<Response, ApiError> {
     transition(&shared, &ca_id, "restoring a CA", &["DELETED"], "DISABLED")
 }
 
@@ -1475,7 +1550,10 @@ async fn import_handler(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn export_ca(State(shared): State<Shared>, Path(ca_id): Path<String>) -> Result<Response, ApiError> {
+async fn export_ca(
+    State(shared): State<Shared>,
+    Path(ca_id): Path<String>,
+) -> Result<Response, ApiError> {
     check_ca_id(&ca_id)?;
     let now_ms = now_ms(&shared);
     let (cert, chain) = shared.with_state(|st| {
@@ -1492,7 +1570,11 @@ async fn export_ca(State(shared): State<Shared>, Path(ca_id): Path<String>) -> R
                 };
                 Ok((cert.clone(), chain))
             }
-            _ => Err(e_state("exporting a CA certificate", status, "ACTIVED or EXPIRED")),
+            _ => Err(e_state(
+                "exporting a CA certificate",
+                status,
+                "ACTIVED or EXPIRED",
+            )),
         }
     })?;
     Ok(axum::Json(json!({
@@ -1523,7 +1605,11 @@ async fn revoke_ca(
     let now_ms = now_ms(&shared);
     shared.update_state(|st| {
         purge(&mut st.pca.cas, now_ms);
-        let rec = st.pca.cas.get_mut(&ca_id).ok_or_else(|| e_not_found(&ca_id))?;
+        let rec = st
+            .pca
+            .cas
+            .get_mut(&ca_id)
+            .ok_or_else(|| e_not_found(&ca_id))?;
         if rec.ca_type != "SUBORDINATE" {
             return Err(e_ca_type("Only a subordinate CA can be revoked."));
         }
@@ -1601,7 +1687,11 @@ fn api_to_anyhow(e: ApiError) -> anyhow::Error {
 
 /// Create an active root CA named `cn` (10 years, SHA256 or SHA384 for EC384); returns its id.
 pub fn create_root_ca(shared: &Shared, cn: &str, key_algorithm: &str) -> anyhow::Result<String> {
-    let sig = if key_algorithm == "EC384" { "SHA384" } else { "SHA256" };
+    let sig = if key_algorithm == "EC384" {
+        "SHA384"
+    } else {
+        "SHA256"
+    };
     create_ca(
         shared,
         CreateCaBody {
@@ -1710,7 +1800,9 @@ mod tests {
         assert_eq!(s, t("2024-02-29T12:00:00Z"));
         assert_eq!(e, t("2054-02-28T12:00:00Z"));
         assert_eq!(
-            validity_window(&v("YEAR", 31), now, MAX_ROOT_YEARS).expect_err("31y").code,
+            validity_window(&v("YEAR", 31), now, MAX_ROOT_YEARS)
+                .expect_err("31y")
+                .code,
             "PCA.00020109"
         );
         assert!(validity_window(&v("YEAR", 21), now, MAX_SUB_YEARS).is_err());
@@ -1732,7 +1824,10 @@ mod tests {
         assert!(validate_dn(&full, true).is_ok());
         let mut bad = full.clone();
         bad.country = Some("C1".into());
-        assert_eq!(validate_dn(&bad, true).expect_err("country").code, "PCA.00020101");
+        assert_eq!(
+            validate_dn(&bad, true).expect_err("country").code,
+            "PCA.00020101"
+        );
         bad.country = Some("CHN".into());
         assert!(validate_dn(&bad, true).is_err());
         let mut partial = DistinguishedName {
@@ -1751,7 +1846,10 @@ mod tests {
     #[test]
     fn serial_is_decimal_timestamp() {
         let (text, bytes) = new_serial(t("2022-03-07T03:22:54Z"));
-        assert!(text.starts_with("20220307032254") && text.len() == 24, "{text}");
+        assert!(
+            text.starts_with("20220307032254") && text.len() == 24,
+            "{text}"
+        );
         let n = bytes.iter().fold(0u128, |acc, b| acc << 8 | u128::from(*b));
         assert_eq!(n.to_string(), text);
         assert_eq!(hex_serial_to_decimal(&format!("{n:X}")), text);

@@ -1372,3 +1372,25 @@ async fn demo_seed_is_discoverable_by_name() {
         &sub_pem.certificate,
     );
 }
+
+#[tokio::test]
+async fn rsa_root_with_sha512() {
+    let (_emu, client) = start().await;
+    let id = client
+        .pca_create_ca(&CreateCaRequest::root(
+            dn("RSA Root"),
+            KeyAlgorithm::Rsa2048,
+            SignatureAlgorithm::Sha512,
+            Validity::years(1),
+        ))
+        .await
+        .expect("rsa root");
+    let shown = client.pca_show_ca(&id).await.expect("show");
+    assert_eq!(shown.key_algorithm.as_deref(), Some("RSA2048"));
+    let pem = client.pca_export_ca_certificate(&id).await.expect("export");
+    let info = pki::parse_cert(&pem.certificate).expect("parses");
+    assert_eq!(info.key_algorithm, Some(pki::KeyAlgorithm::Rsa2048));
+    assert_eq!(info.signature_algorithm, "SHA512WITHRSA");
+    let dir = tempfile::tempdir().expect("tempdir");
+    openssl_verify(dir.path(), &pem.certificate, None, &pem.certificate);
+}

@@ -131,6 +131,11 @@ impl CaRecord {
         }
     }
 
+    /// Whether the CA may sign certificates at `now_ms` (`ACTIVED` and not expired).
+    pub fn can_issue(&self, now_ms: i64) -> bool {
+        self.effective_status(now_ms) == "ACTIVED" && self.certificate_pem.is_some()
+    }
+
     fn common_name(&self) -> &str {
         self.distinguished_name.common_name.as_deref().unwrap_or("")
     }

@@ -131,8 +131,8 @@ pub fn parse_cert(text: &str) -> Result<CertInfo, PkiError> {
 }
 
 /// Every certificate in a PEM text, in order; `\r\n`, indentation, text between blocks and
-/// non-certificate blocks (e.g. a key) are tolerated. Whitespace-only input gives an empty list; other text without a certificate is an
-/// error.
+/// non-certificate blocks (e.g. a key) are tolerated. Whitespace-only input gives an empty
+/// list; other text without a certificate is an error.
 pub fn parse_pem_chain(text: &str) -> Result<Vec<CertInfo>, PkiError> {
     if text.trim().is_empty() {
         return Ok(Vec::new());

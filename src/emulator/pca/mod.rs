@@ -18,6 +18,10 @@ pub struct PcaStore {
     pub cas: BTreeMap<String, ca::CaRecord>,
     /// By `certificate_id` (UUID).
     pub certs: BTreeMap<String, cert::CertRecord>,
+    /// Private certificate quota; `None` is the documented default
+    /// ([`cert::DEFAULT_CERTIFICATE_QUOTA`]). Tests lower it to reach the limit.
+    #[serde(default)]
+    pub certificate_quota: Option<u64>,
 }
 
 pub fn routes() -> Router<Shared> {

@@ -6,7 +6,6 @@
 //! silent the choice is written next to the code: see [`DEFAULT_CERTIFICATE_QUOTA`],
 //! [`ENTITY_DEFAULT_KEY_USAGES`] and the handlers' comments.
 
-use std::collections::HashSet;
 use std::io::Write as _;
 
 use axum::Router;

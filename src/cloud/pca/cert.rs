@@ -518,25 +518,26 @@ impl Client {
         self.call(req).await
     }
 
-    /// Every private certificate matching `q` (its `limit` and `offset` are ignored), walking
-    /// the pages of [`MAX_LIST_LIMIT`]. Stops when a page comes back short or `total` is reached.
+    /// Every private certificate matching `q`, walking the pages. `q.limit` is the page size
+    /// (default and maximum [`MAX_LIST_LIMIT`]); `q.offset` is ignored. Stops at a short or
+    /// empty page, or once `total` certificates have arrived.
     pub async fn list_all_private_certificates(
         &self,
         q: &ListCertificatesQuery,
     ) -> Result<Vec<PrivateCertificate>, CloudError> {
+        let page_size = q.limit.unwrap_or(MAX_LIST_LIMIT).clamp(1, MAX_LIST_LIMIT);
         let mut all = Vec::new();
         let mut offset: u32 = 0;
         loop {
             let page_query = ListCertificatesQuery {
-                limit: Some(MAX_LIST_LIMIT),
+                limit: Some(page_size),
                 offset: Some(offset),
                 ..q.clone()
             };
             let page = self.list_private_certificates(&page_query).await?;
-            let n = page.certificates.len();
+            let n = u32::try_from(page.certificates.len()).unwrap_or(u32::MAX);
             all.extend(page.certificates);
-            let n = u32::try_from(n).unwrap_or(u32::MAX);
-            if n < MAX_LIST_LIMIT || all.len() as u64 >= page.total {
+            if n == 0 || n < page_size || all.len() as u64 >= page.total {
                 return Ok(all);
             }
             offset = offset.saturating_add(n);
@@ -557,8 +558,12 @@ impl Client {
                 "create_certificate: at most {MAX_SUBJECT_ALTERNATIVE_NAMES} subject alternative names"
             )));
         }
-        let req = Request::post(Service::Pca, "create_certificate", "/v1/private-certificates")
-            .json(body)?;
+        let req = Request::post(
+            Service::Pca,
+            "create_certificate",
+            "/v1/private-certificates",
+        )
+        .json(body)?;
         let id: IdBody = self.call(req).await?;
         Ok(id.certificate_id)
     }

@@ -193,7 +193,10 @@ fn not_allowed(msg: impl Into<String>) -> ApiError {
     ApiError::new(
         403,
         codes::STATUS,
-        format!("Operation not allowed in the current status: {}", msg.into()),
+        format!(
+            "Operation not allowed in the current status: {}",
+            msg.into()
+        ),
     )
 }
 
@@ -324,20 +327,16 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 // ---- validation ----
 
-fn check_len(
-    what: &str,
-    v: &str,
-    min: usize,
-    max: usize,
-    code: &str,
-) -> Result<(), ApiError> {
+fn check_len(what: &str, v: &str, min: usize, max: usize, code: &str) -> Result<(), ApiError> {
     let n = v.chars().count();
     if (min..=max).contains(&n) {
         Ok(())
     } else {
         Err(bad(
             code,
-            format!("Incorrect certificate distinguished name: {what} must be {min}..{max} characters"),
+            format!(
+                "Incorrect certificate distinguished name: {what} must be {min}..{max} characters"
+            ),
         ))
     }
 }
@@ -348,10 +347,12 @@ fn subject_with_inheritance(
     ca: &DistinguishedName,
 ) -> Result<DistinguishedName, ApiError> {
     let code = codes::DISTINGUISHED_NAME;
-    let cn = req
-        .common_name
-        .as_deref()
-        .ok_or_else(|| bad(code, "Incorrect certificate distinguished name: common_name is required"))?;
+    let cn = req.common_name.as_deref().ok_or_else(|| {
+        bad(
+            code,
+            "Incorrect certificate distinguished name: common_name is required",
+        )
+    })?;
     check_len("common_name", cn, 1, 64, code)?;
     if let Some(c) = &req.country
         && !(c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()))
@@ -409,8 +410,13 @@ fn validity_window(
         )
     };
     let v = v.ok_or_else(|| invalid("validity is required"))?;
-    let kind = v.kind.as_deref().ok_or_else(|| invalid("validity.type is required"))?;
-    let value = v.value.ok_or_else(|| invalid("validity.value is required"))?;
+    let kind = v
+        .kind
+        .as_deref()
+        .ok_or_else(|| invalid("validity.type is required"))?;
+    let value = v
+        .value
+        .ok_or_else(|| invalid("validity.value is required"))?;
     if value < 1 {
         return Err(invalid("validity.value must be at least 1"));
     }
@@ -451,7 +457,9 @@ fn validity_window(
         }
     };
     if end > limit {
-        return Err(invalid("a private certificate is valid for at most 20 years"));
+        return Err(invalid(
+            "a private certificate is valid for at most 20 years",
+        ));
     }
     if let Some(ca_nb) = ca.not_before
         && to_epoch_ms(start) < ca_nb
@@ -475,7 +483,9 @@ fn is_dns_name(v: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -548,7 +558,9 @@ fn parse_sans(sans: Option<&[SanIn]>) -> Result<Vec<pki::SubjectAltName>, ApiErr
             }
             "URI" if is_uri(value) => pki::SubjectAltName::Uri(value.to_owned()),
             "URI" => {
-                return Err(param(format!("Incorrect parameter: {value:?} is not a URI")));
+                return Err(param(format!(
+                    "Incorrect parameter: {value:?} is not a URI"
+                )));
             }
             other => {
                 return Err(bad(
@@ -670,8 +682,12 @@ fn parse_csr_text(csr: Option<&str>) -> Result<(String, pki::CsrInfo), ApiError>
         )));
     }
     let text = normalize_csr(csr);
-    let info = pki::parse_csr(&text)
-        .map_err(|e| bad(codes::CSR, format!("Incorrect certificate signature request: {e}")))?;
+    let info = pki::parse_csr(&text).map_err(|e| {
+        bad(
+            codes::CSR,
+            format!("Incorrect certificate signature request: {e}"),
+        )
+    })?;
     Ok((text, info))
 }
 
@@ -784,8 +800,8 @@ fn sign(
         tracing::warn!(error = %e, "emulator: issuing a private certificate failed");
         ApiError::new(500, code, format!("Certificate processing failed: {e}"))
     };
-    let issuer_key = pki::PrivateKey::from_pem(&ca.key_pem)
-        .map_err(|e| internal(codes::KEY_PROCESSING, e))?;
+    let issuer_key =
+        pki::PrivateKey::from_pem(&ca.key_pem).map_err(|e| internal(codes::KEY_PROCESSING, e))?;
     let serial = new_serial(now);
     let spec = pki::CertificateSpec {
         subject: pki_dn(&p.subject),
@@ -803,22 +819,33 @@ fn sign(
     let (cert, key_pem) = match &p.key {
         Ok(alg) => {
             let key = pki::generate_key(*alg).map_err(|e| internal(codes::KEY_PROCESSING, e))?;
-            let cert = pki::issue(&spec, &pki::PublicKeySource::Key(&key), issuer_pem, &issuer_key)
-                .map_err(|e| match e {
-                    pki::PkiError::InvalidSpec(m) => param(format!("Incorrect parameter: {m}")),
-                    other => internal(codes::CERTIFICATE_PROCESSING, other),
-                })?;
+            let cert = pki::issue(
+                &spec,
+                &pki::PublicKeySource::Key(&key),
+                issuer_pem,
+                &issuer_key,
+            )
+            .map_err(|e| match e {
+                pki::PkiError::InvalidSpec(m) => param(format!("Incorrect parameter: {m}")),
+                other => internal(codes::CERTIFICATE_PROCESSING, other),
+            })?;
             (cert, Some(key.to_pem()))
         }
         Err((csr, _)) => {
-            let cert = pki::issue(&spec, &pki::PublicKeySource::Csr(csr), issuer_pem, &issuer_key)
-                .map_err(|e| match e {
-                    pki::PkiError::InvalidSpec(m) => param(format!("Incorrect parameter: {m}")),
-                    pki::PkiError::CsrSignatureInvalid(_) | pki::PkiError::CsrParse(_) => {
-                        bad(codes::CSR, format!("Incorrect certificate signature request: {e}"))
-                    }
-                    other => internal(codes::CERTIFICATE_PROCESSING, other),
-                })?;
+            let cert = pki::issue(
+                &spec,
+                &pki::PublicKeySource::Csr(csr),
+                issuer_pem,
+                &issuer_key,
+            )
+            .map_err(|e| match e {
+                pki::PkiError::InvalidSpec(m) => param(format!("Incorrect parameter: {m}")),
+                pki::PkiError::CsrSignatureInvalid(_) | pki::PkiError::CsrParse(_) => bad(
+                    codes::CSR,
+                    format!("Incorrect certificate signature request: {e}"),
+                ),
+                other => internal(codes::CERTIFICATE_PROCESSING, other),
+            })?;
             (cert, None)
         }
     };
@@ -845,7 +872,11 @@ pub fn issue_certificate(
     let rec = CertRecord {
         id: id.clone(),
         issuer_id: ca.id.clone(),
-        issuer_name: ca.distinguished_name.common_name.clone().unwrap_or_default(),
+        issuer_name: ca
+            .distinguished_name
+            .common_name
+            .clone()
+            .unwrap_or_default(),
         status: "ISSUED".into(),
         key_algorithm: key_algorithm.into(),
         signature_algorithm: p.hash.as_str().into(),
@@ -883,7 +914,10 @@ fn json(v: serde_json::Value) -> Response {
     axum::Json(v).into_response()
 }
 
-async fn apply_certificate(State(shared): State<Shared>, bytes: Bytes) -> Result<Response, ApiError> {
+async fn apply_certificate(
+    State(shared): State<Shared>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
     let b: ApplyBody = body(&bytes)?;
     let issuer_id = check_issuer_id(b.issuer_id.as_deref())?.to_owned();
     let alg = parse_key_algorithm(b.key_algorithm.as_deref())?;
@@ -997,7 +1031,11 @@ async fn issue_by_csr(State(shared): State<Shared>, bytes: Bytes) -> Result<Resp
             ENTITY_DEFAULT_KEY_USAGES.to_vec()
         },
         extended_key_usages: Vec::new(),
-        sans: if intermediate { Vec::new() } else { info.sans.clone() },
+        sans: if intermediate {
+            Vec::new()
+        } else {
+            info.sans.clone()
+        },
         hash: CSR_SIGNATURE_HASH,
         key: Err((csr_text, alg)),
         is_ca: intermediate,
@@ -1152,12 +1190,16 @@ async fn list_certificates(
                     .parse::<usize>()
                     .ok()
                     .filter(|n| *n <= MAX_LIST_LIMIT)
-                    .ok_or_else(|| param(format!("Incorrect parameter: limit must be 0..{MAX_LIST_LIMIT}")))?;
+                    .ok_or_else(|| {
+                        param(format!(
+                            "Incorrect parameter: limit must be 0..{MAX_LIST_LIMIT}"
+                        ))
+                    })?;
             }
             "offset" => {
-                offset = v
-                    .parse::<usize>()
-                    .map_err(|_| param("Incorrect parameter: offset must be a non-negative integer"))?;
+                offset = v.parse::<usize>().map_err(|_| {
+                    param("Incorrect parameter: offset must be a non-negative integer")
+                })?;
             }
             "name" => {
                 if !(1..=64).contains(&v.chars().count()) {
@@ -1234,7 +1276,9 @@ async fn list_certificates(
         .take(limit)
         .map(|c| c.to_json(now))
         .collect();
-    Ok(json(serde_json::json!({ "total": total, "certificates": page })))
+    Ok(json(
+        serde_json::json!({ "total": total, "certificates": page }),
+    ))
 }
 
 fn find_cert(shared: &Shared, id: &str) -> Result<CertRecord, ApiError> {
@@ -1354,10 +1398,20 @@ async fn export_certificate(
     }
     let zip = write_zip(&files)
         .map_err(|e| ApiError::new(500, "PCA.00000001", format!("Unknown error: {e}")))?;
-    let cn = c.distinguished_name.common_name.as_deref().unwrap_or("certificate");
+    let cn = c
+        .distinguished_name
+        .common_name
+        .as_deref()
+        .unwrap_or("certificate");
     let file_name: String = format!("{cn}_{}.zip", kind.to_ascii_lowercase())
         .chars()
-        .map(|ch| if ch.is_ascii_alphanumeric() || "._-".contains(ch) { ch } else { '_' })
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || "._-".contains(ch) {
+                ch
+            } else {
+                '_'
+            }
+        })
         .collect();
     Ok((
         [
@@ -1406,7 +1460,11 @@ async fn revoke_certificate(
     };
     let now = now_ms(&shared);
     shared.update_state(|st| {
-        let c = st.pca.certs.get_mut(&id).ok_or_else(|| cert_not_found(&id))?;
+        let c = st
+            .pca
+            .certs
+            .get_mut(&id)
+            .ok_or_else(|| cert_not_found(&id))?;
         let status = c.effective_status(now).to_owned();
         if status != "ISSUED" {
             return Err(not_allowed(format!(
@@ -1577,7 +1635,8 @@ pub fn insert_test_ca(shared: &Shared, spec: &TestCa) -> anyhow::Result<String> 
         ..DistinguishedName::default()
     };
     let key = pki::generate_key(spec.key_algorithm)?;
-    let cert_spec = pki::CertificateSpec::new_ca(pki_dn(&dn), not_before, not_after, spec.path_length);
+    let cert_spec =
+        pki::CertificateSpec::new_ca(pki_dn(&dn), not_before, not_after, spec.path_length);
     let (cert, chain) = match &spec.issuer_id {
         None => (pki::self_signed(&cert_spec, &key)?, String::new()),
         Some(issuer_id) => {
@@ -1647,11 +1706,36 @@ pub fn seed_demo(shared: &Shared) -> anyhow::Result<()> {
         .and_then(from_epoch_ms)
         .unwrap_or(now + time::Duration::days(365));
     let demo: [(&str, time::Duration, time::Duration, bool); 5] = [
-        ("expiring-soon.demo.internal", time::Duration::hours(-1), time::Duration::hours(6), false),
-        ("expiring-in-days.demo.internal", time::Duration::days(-20), time::Duration::days(5), false),
-        ("fresh.demo.internal", time::Duration::ZERO, time::Duration::days(365), false),
-        ("revoked.demo.internal", time::Duration::ZERO, time::Duration::days(90), true),
-        ("expired.demo.internal", time::Duration::days(-30), time::Duration::days(-1), false),
+        (
+            "expiring-soon.demo.internal",
+            time::Duration::hours(-1),
+            time::Duration::hours(6),
+            false,
+        ),
+        (
+            "expiring-in-days.demo.internal",
+            time::Duration::days(-20),
+            time::Duration::days(5),
+            false,
+        ),
+        (
+            "fresh.demo.internal",
+            time::Duration::ZERO,
+            time::Duration::days(365),
+            false,
+        ),
+        (
+            "revoked.demo.internal",
+            time::Duration::ZERO,
+            time::Duration::days(90),
+            true,
+        ),
+        (
+            "expired.demo.internal",
+            time::Duration::days(-30),
+            time::Duration::days(-1),
+            false,
+        ),
     ];
     for (cn, start, end, revoke) in demo {
         let not_after = (now + end).min(ca_end);
@@ -1666,7 +1750,10 @@ pub fn seed_demo(shared: &Shared) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{}", e.msg))?,
             not_before: now + start,
             not_after,
-            key_usages: vec![pki::KeyUsage::DigitalSignature, pki::KeyUsage::KeyEncipherment],
+            key_usages: vec![
+                pki::KeyUsage::DigitalSignature,
+                pki::KeyUsage::KeyEncipherment,
+            ],
             extended_key_usages: vec![pki::ExtendedKeyUsage::ServerAuth],
             sans: vec![pki::SubjectAltName::Dns(cn.into())],
             hash: pki::SignatureHash::Sha256,
@@ -1696,7 +1783,10 @@ mod tests {
 
     #[test]
     fn zip_roundtrip() {
-        let files = [("a.txt", "hello".to_owned()), ("b/c.pem", "x\r\ny".to_owned())];
+        let files = [
+            ("a.txt", "hello".to_owned()),
+            ("b/c.pem", "x\r\ny".to_owned()),
+        ];
         let z = write_zip(&files).expect("zip");
         let back = read_stored_zip(&z).expect("read");
         assert_eq!(back.len(), 2);

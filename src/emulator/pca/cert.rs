@@ -1001,22 +1001,23 @@ async fn issue_by_csr(State(shared): State<Shared>, bytes: Bytes) -> Result<Resp
     let (not_before, not_after) = validity_window(b.validity.as_ref(), now, &ca)?;
     if intermediate {
         // Below the issuer's pathLenConstraint; a CA with path length 0 issues no CAs.
-        if let Some(max) = ca.path_length
-            && path_length >= max
-        {
-            return Err(bad(
-                codes::PATH_LENGTH,
-                format!(
-                    "Invalid CA path length: the issuing CA allows at most {} below it",
-                    max.saturating_sub(1)
-                ),
-            ));
-        }
-        if ca.path_length == Some(0) {
-            return Err(bad(
-                codes::PATH_LENGTH,
-                "Invalid CA path length: the issuing CA's path length is 0",
-            ));
+        match ca.path_length {
+            Some(0) => {
+                return Err(bad(
+                    codes::PATH_LENGTH,
+                    "Invalid CA path length: the issuing CA's path length is 0, it cannot issue CAs",
+                ));
+            }
+            Some(max) if path_length >= max => {
+                return Err(bad(
+                    codes::PATH_LENGTH,
+                    format!(
+                        "Invalid CA path length: the issuing CA allows at most {} below it",
+                        max - 1
+                    ),
+                ));
+            }
+            _ => {}
         }
     } else {
         shared.with_state(|st| check_quota(st))?;

@@ -28,11 +28,13 @@ pub fn self_signed(spec: &CertificateSpec, key: &PrivateKey) -> Result<String, P
     let params = to_params(spec)?;
     let signer = Signer::new(key, spec.hash)?;
     let subject = SubjectKey::from_spki(key.public_key_der())?;
-    let issuer = rcgen::Issuer::from_params(&params, &signer);
+    // By value: rcgen's `PublicKeyData for &K` does not forward `subject_public_key_info`,
+    // which the authority key identifier is computed from.
+    let issuer = rcgen::Issuer::from_params(&params, signer);
     let cert = params
         .signed_by(&subject, &issuer)
         .map_err(|e| PkiError::Signing(format!("self-signed {}: {e}", spec.subject)))?;
-    let der = signer.finish(cert.der())?;
+    let der = issuer.key().finish(cert.der())?;
     Ok(pem::encode("CERTIFICATE", &der))
 }
 
@@ -83,7 +85,7 @@ pub fn issue(
     let signer = Signer::new(issuer_key, spec.hash)?;
     let issuer = rcgen::Issuer::from_ca_cert_pem(
         &pem::encode("CERTIFICATE", &issuer_info.der),
-        &signer,
+        signer,
     )
     .map_err(|e| {
         PkiError::Unsupported(format!(
@@ -93,7 +95,7 @@ pub fn issue(
     let cert = params
         .signed_by(&subject, &issuer)
         .map_err(|e| PkiError::Signing(format!("{} by {issuer_name}: {e}", spec.subject)))?;
-    let der = signer.finish(cert.der())?;
+    let der = issuer.key().finish(cert.der())?;
     let issued = parse_cert_der(&der)?;
     if issued.issuer_raw != issuer_info.subject_raw {
         // rcgen re-encodes the issuer name; names it cannot reproduce (multi-valued RDNs,

@@ -37,6 +37,10 @@ pub struct CertInfo {
     pub path_length: Option<u8>,
     pub key_usages: Vec<KeyUsage>,
     pub extended_key_usages: Vec<ExtendedKeyUsage>,
+    /// SubjectKeyIdentifier, upper-case hex.
+    pub subject_key_id_hex: Option<String>,
+    /// AuthorityKeyIdentifier keyIdentifier, upper-case hex.
+    pub authority_key_id_hex: Option<String>,
     /// SubjectPublicKeyInfo DER.
     pub public_key_der: Vec<u8>,
     /// The whole certificate, DER.
@@ -126,9 +130,9 @@ pub fn parse_cert(text: &str) -> Result<CertInfo, PkiError> {
     parse_cert_der(&block.der)
 }
 
-/// Every certificate in a PEM text, in order; `\r\n`, indentation and text between blocks are
-/// tolerated. Whitespace-only input gives an empty list; other text without a certificate is an
-/// error.
+/// Every certificate in a PEM text, in order; `\r\n`, indentation, text between blocks and
+/// non-certificate blocks (e.g. a key) are tolerated. Whitespace-only input gives an empty
+/// list; other text without a certificate is an error.
 pub fn parse_pem_chain(text: &str) -> Result<Vec<CertInfo>, PkiError> {
     if text.trim().is_empty() {
         return Ok(Vec::new());
@@ -214,6 +218,22 @@ pub fn parse_cert_der(der: &[u8]) -> Result<CertInfo, PkiError> {
         }
         None => Vec::new(),
     };
+    let mut subject_key_id_hex = None;
+    let mut authority_key_id_hex = None;
+    for ext in x.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => {
+                subject_key_id_hex = Some(hex::encode_upper(id.0));
+            }
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                authority_key_id_hex = aki
+                    .key_identifier
+                    .as_ref()
+                    .map(|id| hex::encode_upper(id.0));
+            }
+            _ => {}
+        }
+    }
     Ok(CertInfo {
         subject: to_dn(x.subject()),
         issuer: to_dn(x.issuer()),
@@ -231,6 +251,8 @@ pub fn parse_cert_der(der: &[u8]) -> Result<CertInfo, PkiError> {
         path_length,
         key_usages,
         extended_key_usages,
+        subject_key_id_hex,
+        authority_key_id_hex,
         public_key_der: x.public_key().raw.to_vec(),
         der: der.to_vec(),
     })
@@ -266,8 +288,10 @@ pub fn key_matches_cert(key: &PrivateKey, cert: &CertInfo) -> bool {
     }
 }
 
-/// Checks that `issuer`'s subject equals `cert`'s issuer name (byte for byte) and that `cert`'s
-/// signature verifies with `issuer`'s public key. Nothing else (dates, CA flags).
+/// Checks that `issuer`'s subject equals `cert`'s issuer name (byte for byte), that the
+/// authority key identifier (when both sides have one) names `issuer`'s subject key identifier
+/// (OpenSSL relies on it to find issuers), and that `cert`'s signature verifies with `issuer`'s
+/// public key. Nothing else (dates, CA flags).
 pub fn verify_signed_by(cert: &CertInfo, issuer: &CertInfo) -> Result<(), PkiError> {
     if cert.issuer_raw != issuer.subject_raw {
         return Err(PkiError::IssuerNameMismatch {
@@ -283,6 +307,13 @@ pub fn verify_signed_by(cert: &CertInfo, issuer: &CertInfo) -> Result<(), PkiErr
         issuer: issuer.subject.to_string(),
         reason,
     };
+    if let (Some(aki), Some(ski)) = (&cert.authority_key_id_hex, &issuer.subject_key_id_hex) {
+        if aki != ski {
+            return Err(bad(format!(
+                "authority key identifier {aki} differs from the issuer's subject key identifier {ski}"
+            )));
+        }
+    }
     if x.signature_algorithm != x.tbs_certificate.signature {
         return Err(bad(
             "outer and TBS signature algorithms differ (tampered certificate)".into(),

@@ -28,7 +28,9 @@ impl fmt::Debug for PrivateKey {
 }
 
 /// Generates a fresh key from the OS random source. RSA uses the `rsa` crate (ring cannot
-/// generate RSA keys); EC uses `p256`/`p384`.
+/// generate RSA keys); EC uses `p256`/`p384`. CPU-bound and blocking: RSA-4096 takes seconds
+/// (about 3-12 s in a debug build on a busy 2-core machine), so call it from
+/// `spawn_blocking` in async code.
 pub fn generate_key(alg: KeyAlgorithm) -> Result<PrivateKey, PkiError> {
     let gen_err = |e: &dyn fmt::Display| PkiError::KeyGeneration(format!("{alg}: {e}"));
     match alg {

@@ -121,7 +121,19 @@ fn default_enterprise_project() -> String {
     "0".to_owned()
 }
 
+/// CAs the service hosts (holds the key of): the ones listed and counted against the quota.
+/// An intermediate CA issued from a customer's CSR is recorded (so certificates can chain to
+/// it) but, as the reference says, neither listed nor counted.
+fn hosted_count(cas: &std::collections::BTreeMap<String, CaRecord>) -> usize {
+    cas.values().filter(|c| c.is_hosted()).count()
+}
+
 impl CaRecord {
+    /// Whether the service holds this CA's key (false for an intermediate issued via CSR).
+    pub fn is_hosted(&self) -> bool {
+        !self.key_pem.is_empty()
+    }
+
     /// The status as clients see it at `now_ms`: an active CA past `not_after` is `EXPIRED`.
     /// A disabled CA stays `DISABLED` (it was disabled on purpose, and must stay deletable).
     pub fn effective_status(&self, now_ms: i64) -> &str {
@@ -882,7 +894,7 @@ pub fn create_ca(shared: &Shared, body: CreateCaBody) -> Result<String, ApiError
     // Everything that reads the store, under the lock; no crypto here.
     let (plan, dn, crl) = shared.with_state(|st| -> Result<_, ApiError> {
         purge(&mut st.pca.cas, now_ms);
-        if st.pca.cas.len() as u64 >= CA_QUOTA {
+        if hosted_count(&st.pca.cas) as u64 >= CA_QUOTA {
             return Err(e_quota());
         }
         match ca_type {
@@ -1001,7 +1013,7 @@ pub fn create_ca(shared: &Shared, body: CreateCaBody) -> Result<String, ApiError
     }
     shared.update_state(|st| {
         // Another request may have taken the last quota slot meanwhile.
-        if st.pca.cas.len() as u64 >= CA_QUOTA {
+        if hosted_count(&st.pca.cas) as u64 >= CA_QUOTA {
             return Err(e_quota());
         }
         st.pca.cas.insert(id.clone(), rec);
@@ -1336,6 +1348,7 @@ async fn list_cas(
             .pca
             .cas
             .values()
+            .filter(|c| c.is_hosted())
             .filter(|c| {
                 needle
                     .as_deref()
@@ -1389,7 +1402,7 @@ async fn show_quota(State(shared): State<Shared>) -> Response {
     let now_ms = now_ms(&shared);
     let used = shared.with_state(|st| {
         purge(&mut st.pca.cas, now_ms);
-        st.pca.cas.len()
+        hosted_count(&st.pca.cas)
     });
     axum::Json(json!({
         "quotas": { "resources": [

@@ -21,6 +21,10 @@ pub struct PcaStore {
     /// The OBS agency and buckets used for CRL publishing.
     #[serde(default)]
     pub obs: ca::ObsState,
+    /// Private certificate quota; `None` is the documented default
+    /// ([`cert::DEFAULT_CERTIFICATE_QUOTA`]). Tests lower it to reach the limit.
+    #[serde(default)]
+    pub certificate_quota: Option<u64>,
 }
 
 pub fn routes() -> Router<Shared> {

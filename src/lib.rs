@@ -5,7 +5,11 @@
 //! - [`emulator`]: a local CCM that speaks the same APIs, signs real certificates, and injects
 //!   faults; the peer of every test and the backend of the demo.
 //! - [`pki`]: key generation, X.509 building, signing and parsing shared by both.
+//! - [`config`]: the agent's TOML configuration, validated into typed settings.
+//! - [`agent`]: the daemon; for now [`agent::plan`], the pure renewal schedule.
 
+pub mod agent;
 pub mod cloud;
+pub mod config;
 pub mod emulator;
 pub mod pki;

@@ -321,7 +321,7 @@ mod tests {
         let l = ninety_days();
         let p = RenewPolicy::default(); // 2/3, jitter 10% = 9 days
         assert_eq!(renewal_time(&l, &p, 0.0), datetime!(2026-03-02 00:00 UTC));
-        assert_eq!(renewal_time(&l, &p, 0.5), datetime!(2026-02-26 12:00 UTC));
+        assert_eq!(renewal_time(&l, &p, 0.5), datetime!(2026-02-25 12:00 UTC));
         let capped = RenewPolicy {
             max_jitter: Some(DAY),
             ..RenewPolicy::default()
@@ -382,8 +382,9 @@ mod tests {
             }
         );
         let inverted = Lifetime::new(l.not_after, l.not_before);
+        assert_eq!(inverted.length(), time::Duration::ZERO);
         assert_eq!(
-            decide(l.not_before, &inverted, &p, 0.1),
+            decide(l.not_before - time::Duration::hours(1), &inverted, &p, 0.1),
             Decision::Renew {
                 reason: RenewReason::Emergency
             }

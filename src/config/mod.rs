@@ -367,6 +367,8 @@ pub struct ManagedCertificate {
     pub output: Output,
 }
 
+// Built once per configuration load: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum CertificateSource {
     Pca(PcaSource),

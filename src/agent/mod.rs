@@ -1,4 +1,4 @@
-//! The daemon: deciding when to renew ([`plan`]); renewing, installing and the watch loop come
-//! later.
+//! The daemon side: what to renew and when ([`plan`]), the issuance journal, the watch loop.
 
+pub mod journal;
 pub mod plan;

@@ -429,8 +429,10 @@ impl Client {
                 Err(err) => err,
             };
             // A token refused with 401 may have been revoked or expired early: fetch once more.
+            let is_token_request = req.service == Service::Iam && req.operation == "create_token";
             if err.status() == Some(401)
                 && matches!(self.inner.credentials, Credentials::Password(_))
+                && !is_token_request
                 && !reauthenticated
             {
                 reauthenticated = true;
@@ -504,7 +506,8 @@ impl Client {
                 headers.push(("Authorization".to_owned(), authorization));
             }
             Credentials::Password(identity) => {
-                if req.service != Service::Iam {
+                // Every call but the token request itself carries the token.
+                if !(req.service == Service::Iam && req.operation == "create_token") {
                     let token = self.token(identity).await?;
                     headers.push((
                         auth::HEADER_AUTH_TOKEN.to_owned(),

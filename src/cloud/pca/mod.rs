@@ -20,7 +20,12 @@ pub struct DistinguishedName {
     pub locality: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organization: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The reference's create-CA example spells it `organization_unit`; accepted as an alias.
+    #[serde(
+        default,
+        alias = "organization_unit",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub organizational_unit: Option<String>,
 }
 

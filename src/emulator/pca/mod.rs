@@ -18,6 +18,9 @@ pub struct PcaStore {
     pub cas: BTreeMap<String, ca::CaRecord>,
     /// By `certificate_id` (UUID).
     pub certs: BTreeMap<String, cert::CertRecord>,
+    /// The OBS agency and buckets used for CRL publishing.
+    #[serde(default)]
+    pub obs: ca::ObsState,
 }
 
 pub fn routes() -> Router<Shared> {

@@ -1,0 +1,299 @@
+//! Durable file primitives: a temp file beside the target, written, owned and chmod-ed and
+//! fsynced before an atomic rename, then the directory fsynced; owner and group names resolved
+//! from `/etc/passwd` and `/etc/group` (no NSS, no `unsafe`).
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// A filesystem operation that failed, with the path it was applied to and the OS error
+/// (`No space left on device`, `Read-only file system`, `Permission denied`, ...).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {op} {}: {source}", path.display())]
+pub struct FsError {
+    /// What was being done: "create", "write", "fsync", "rename to", ...
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl FsError {
+    pub(crate) fn new(op: &'static str, path: &Path, source: io::Error) -> Self {
+        FsError {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Mode and ownership a file is given before it is renamed into place.
+#[derive(Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileAttrs {
+    /// Permission bits (`0o644`, `0o600`); only the low 12 bits are used.
+    pub mode: u32,
+    /// Numeric owner; `None` keeps the owner of the creating process.
+    pub uid: Option<u32>,
+    /// Numeric group; `None` keeps the creating process's group.
+    pub gid: Option<u32>,
+}
+
+impl FileAttrs {
+    /// A private file owned by whoever runs the agent (state copies, journal entries, keys).
+    pub const PRIVATE: FileAttrs = FileAttrs {
+        mode: 0o600,
+        uid: None,
+        gid: None,
+    };
+
+    /// Whether `meta` already has this mode and ownership.
+    pub fn matches(&self, meta: &fs::Metadata) -> bool {
+        meta.permissions().mode() & 0o7777 == self.mode & 0o7777
+            && self.uid.is_none_or(|u| meta.uid() == u)
+            && self.gid.is_none_or(|g| meta.gid() == g)
+    }
+}
+
+impl fmt::Debug for FileAttrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FileAttrs({:04o}", self.mode)?;
+        if let Some(u) = self.uid {
+            write!(f, " uid={u}")?;
+        }
+        if let Some(g) = self.gid {
+            write!(f, " gid={g}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// The temp file used for `target`: hidden, in the same directory (so the rename is atomic and
+/// stays on one filesystem), and with a fixed name so a crash leaves at most one behind, which
+/// recovery and the next write remove.
+pub fn temp_path_for(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}.ccm-agent-new"))
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes `contents` to the temp file for `target` and returns its path. Any stale temp is
+/// removed first; the new one is created exclusively (never following a planted symlink) with
+/// mode 0600 so a key is never readable by others even for a moment, then written, chowned,
+/// chmod-ed and fsynced. On error the temp is removed and the error names `target`.
+pub fn write_temp(target: &Path, contents: &[u8], attrs: &FileAttrs) -> Result<PathBuf, FsError> {
+    let temp = temp_path_for(target);
+    let res = write_temp_inner(target, &temp, contents, attrs);
+    if res.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    res.map(|()| temp)
+}
+
+fn write_temp_inner(
+    target: &Path,
+    temp: &Path,
+    contents: &[u8],
+    attrs: &FileAttrs,
+) -> Result<(), FsError> {
+    remove_if_exists(temp)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(temp)
+        .map_err(|e| FsError::new("create a temp file beside", target, e))?;
+    file.write_all(contents)
+        .map_err(|e| FsError::new("write the temp file for", target, e))?;
+    if attrs.uid.is_some() || attrs.gid.is_some() {
+        std::os::unix::fs::fchown(&file, attrs.uid, attrs.gid)
+            .map_err(|e| FsError::new("set the owner of the temp file for", target, e))?;
+    }
+    // After chown, which may clear set-id bits.
+    file.set_permissions(fs::Permissions::from_mode(attrs.mode & 0o7777))
+        .map_err(|e| FsError::new("set the mode of the temp file for", target, e))?;
+    file.sync_all()
+        .map_err(|e| FsError::new("fsync the temp file for", target, e))?;
+    Ok(())
+}
+
+/// Renames `from` over `to` (atomic on one filesystem).
+pub fn rename(from: &Path, to: &Path) -> Result<(), FsError> {
+    fs::rename(from, to).map_err(|e| FsError::new("rename the new version into", to, e))
+}
+
+/// Fsyncs a directory so renames and creations inside it survive a power loss.
+pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| FsError::new("fsync directory", dir, e))
+}
+
+/// Removes a file; a missing file is not an error.
+pub fn remove_if_exists(path: &Path) -> Result<(), FsError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(FsError::new("remove", path, e)),
+    }
+}
+
+/// Removes a directory tree; a missing one is not an error.
+pub fn remove_dir_if_exists(path: &Path) -> Result<(), FsError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(FsError::new("remove directory", path, e)),
+    }
+}
+
+/// Creates a directory (and its parents) with mode 0700 for the new ones.
+pub fn create_private_dir(path: &Path) -> Result<(), FsError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| FsError::new("create directory", path, e))
+}
+
+/// Reads a file; `Ok(None)` when it does not exist.
+pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FsError> {
+    match File::open(path) {
+        Ok(mut f) => {
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf)
+                .map_err(|e| FsError::new("read", path, e))?;
+            Ok(Some(buf))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(FsError::new("open", path, e)),
+    }
+}
+
+/// Atomically and durably replaces `target` with `contents`: temp file in the same directory,
+/// write, chown, chmod, fsync, rename, fsync the directory. When the file already holds exactly
+/// `contents`, nothing is rewritten (mode and owner are corrected in place if they differ) and
+/// `Ok(false)` is returned.
+pub fn write_atomic(target: &Path, contents: &[u8], attrs: &FileAttrs) -> Result<bool, FsError> {
+    if let Ok(Some(existing)) = read_optional(target)
+        && existing == contents
+    {
+        fix_attrs(target, attrs)?;
+        return Ok(false);
+    }
+    let temp = write_temp(target, contents, attrs)?;
+    if let Err(e) = rename(&temp, target) {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    sync_dir(parent_dir(target))?;
+    Ok(true)
+}
+
+/// Gives an existing file the mode and owner in `attrs`, without touching its content.
+pub fn fix_attrs(path: &Path, attrs: &FileAttrs) -> Result<(), FsError> {
+    let meta = fs::metadata(path).map_err(|e| FsError::new("stat", path, e))?;
+    if attrs.matches(&meta) {
+        return Ok(());
+    }
+    if attrs.uid.is_some() || attrs.gid.is_some() {
+        std::os::unix::fs::chown(path, attrs.uid, attrs.gid)
+            .map_err(|e| FsError::new("change owner of", path, e))?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(attrs.mode & 0o7777))
+        .map_err(|e| FsError::new("set mode of", path, e))
+}
+
+/// A user or group given by name or by numeric id.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Principal {
+    Id(u32),
+    Name(String),
+}
+
+impl Principal {
+    /// `"1000"` is an id, anything else a name.
+    pub fn parse(s: &str) -> Principal {
+        match s.parse::<u32>() {
+            Ok(id) => Principal::Id(id),
+            Err(_) => Principal::Name(s.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::Id(id) => write!(f, "{id}"),
+            Principal::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// Looks a user name up in `/etc/passwd`.
+pub fn lookup_user(name: &str) -> io::Result<Option<u32>> {
+    lookup_in(Path::new("/etc/passwd"), name)
+}
+
+/// Looks a group name up in `/etc/group`.
+pub fn lookup_group(name: &str) -> io::Result<Option<u32>> {
+    lookup_in(Path::new("/etc/group"), name)
+}
+
+/// Finds `name` in a passwd- or group-format file (`name:x:ID:...`) and returns its third field.
+pub fn lookup_in(file: &Path, name: &str) -> io::Result<Option<u32>> {
+    let text = fs::read_to_string(file)?;
+    Ok(lookup_in_text(&text, name))
+}
+
+fn lookup_in_text(text: &str, name: &str) -> Option<u32> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            (fields.next()? == name).then_some(())?;
+            fields.nth(1)?.trim().parse().ok()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwd_lookup() {
+        let text = "root:x:0:0:root:/root:/bin/bash\n#www-data:x:1:1\nwww-data:x:33:33:www:/var/www:/usr/sbin/nologin\nbad:x:notanumber:1\n";
+        assert_eq!(lookup_in_text(text, "root"), Some(0));
+        assert_eq!(lookup_in_text(text, "www-data"), Some(33));
+        assert_eq!(lookup_in_text(text, "www"), None);
+        assert_eq!(lookup_in_text(text, "bad"), None);
+        assert_eq!(lookup_in_text(text, "nobody"), None);
+    }
+
+    #[test]
+    fn principal_parse() {
+        assert_eq!(Principal::parse("0"), Principal::Id(0));
+        assert_eq!(Principal::parse("nginx"), Principal::Name("nginx".into()));
+    }
+
+    #[test]
+    fn temp_name_is_hidden_sibling() {
+        assert_eq!(
+            temp_path_for(Path::new("/etc/ssl/a/privkey.pem")),
+            PathBuf::from("/etc/ssl/a/.privkey.pem.ccm-agent-new")
+        );
+    }
+}

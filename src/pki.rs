@@ -1,1 +1,0 @@
-//! X.509 (placeholder).

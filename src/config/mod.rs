@@ -840,7 +840,7 @@ fn check_metrics(c: &mut Checker, m: &raw::RawMetrics) -> Option<MetricsSettings
 }
 
 fn check_cloud(c: &mut Checker, cloud: &raw::RawCloud) -> Option<CloudSettings> {
-    let mut endpoints = match (&cloud.region, &cloud.endpoint) {
+    let endpoints = match (&cloud.region, &cloud.endpoint) {
         (Some(_), Some(_)) => {
             c.err(
                 "cloud.endpoint",
@@ -879,27 +879,29 @@ fn check_cloud(c: &mut Checker, cloud: &raw::RawCloud) -> Option<CloudSettings> 
             );
         }
     }
-    let mut overrides = Vec::new();
-    for (i, (key, value)) in per_service.iter().enumerate() {
+    let mut parsed = [None, None, None];
+    for ((key, value), slot) in per_service.iter().zip(parsed.iter_mut()) {
         if let Some(v) = value {
             match crate::cloud::parse_url(v) {
-                Ok(url) => overrides.push((i, url)),
+                Ok(url) => *slot = Some(url),
                 Err(e) => c.err(*key, e.to_string()),
             }
         }
     }
-    if endpoints.is_none() && !base_given && overrides.len() == 3 {
-        endpoints = Endpoints::single("http://placeholder.invalid").ok();
-    }
-    if let Some(e) = endpoints.as_mut() {
-        for (i, url) in overrides {
-            match i {
-                0 => e.scm = url,
-                1 => e.pca = url,
-                _ => e.iam = url,
-            }
-        }
-    }
+    let [scm, pca, iam] = parsed;
+    let endpoints = match endpoints {
+        // Per-service URLs override the region's or the single endpoint's.
+        Some(base) => Some(Endpoints {
+            scm: scm.unwrap_or(base.scm),
+            pca: pca.unwrap_or(base.pca),
+            iam: iam.unwrap_or(base.iam),
+        }),
+        None if !base_given => match (scm, pca, iam) {
+            (Some(scm), Some(pca), Some(iam)) => Some(Endpoints { scm, pca, iam }),
+            _ => None,
+        },
+        None => None,
+    };
     let ca_bundle = c.abs_path("cloud.ca_bundle", cloud.ca_bundle.as_ref());
     let timeout = c
         .duration("cloud.timeout", cloud.timeout.as_ref())

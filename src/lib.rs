@@ -4,12 +4,15 @@
 //! - [`cloud`]: the CCM API client (SCM v3, PCA v1, IAM tokens, AK/SK signing).
 //! - [`emulator`]: a local CCM that speaks the same APIs, signs real certificates, and injects
 //!   faults; the peer of every test and the backend of the demo.
-//! - [`agent`]: the daemon: issuance journal (and, later, planning and the watch loop).
+//! - [`agent`]: the daemon: renewal planning ([`agent::plan`]), issuance journal (and, later,
+//!   the watch loop).
 //! - [`install`]: verify before swap, atomic durable install of cert/chain/key, rollback.
 //! - [`pki`]: key generation, X.509 building, signing and parsing shared by both.
+//! - [`config`]: the agent's TOML configuration, validated into typed settings.
 
 pub mod agent;
 pub mod cloud;
+pub mod config;
 pub mod emulator;
 pub mod install;
 pub mod pki;

@@ -1,3 +1,4 @@
-//! The daemon side: what to renew and when, the issuance journal, the watch loop.
+//! The daemon side: what to renew and when ([`plan`]), the issuance journal, the watch loop.
 
 pub mod journal;
+pub mod plan;

@@ -1,0 +1,122 @@
+//! The example configurations in `config/` validate, and the full example documents every key
+//! the parser knows.
+
+use std::path::{Path, PathBuf};
+
+use ccm_agent::config::{CertificateSource, Config, PcaMode};
+
+fn config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+fn toml_files() -> Vec<PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(config_dir())
+        .expect("config/ exists")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_example_validates() {
+    let files = toml_files();
+    assert!(files.len() >= 2, "{files:?}");
+    for path in files {
+        match Config::load(&path) {
+            Ok(c) => assert!(
+                !c.certificates.is_empty(),
+                "{}: no certificates",
+                path.display()
+            ),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn full_example_says_what_it_means() {
+    let c = Config::load(&config_dir().join("ccm-agent.example.toml")).expect("valid");
+    let names: Vec<_> = c.certificates.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["www", "api-internal", "shop"]);
+    let www = &c.certificates[0];
+    let CertificateSource::Pca(p) = &www.source else {
+        panic!("www is pca")
+    };
+    assert_eq!(p.mode, PcaMode::Csr);
+    assert_eq!(p.sans.len(), 4);
+    assert_eq!(
+        www.output.key,
+        Path::new("/etc/ccm-agent/live/www/privkey.pem")
+    );
+    assert_eq!(www.output.key_mode, 0o640);
+    let shop = &c.certificates[2];
+    assert_eq!(shop.output.cert, None);
+    assert_eq!(
+        shop.output.fullchain.as_deref(),
+        Some(Path::new("/etc/haproxy/certs/shop/fullchain.pem"))
+    );
+}
+
+/// Each table's known keys, as serde lists them when it meets an unknown one.
+fn known_keys(table_prefix: &str) -> Vec<String> {
+    let text = format!("{table_prefix}\nzz_not_a_key = 1\n");
+    let err = Config::from_str(&text, "probe").expect_err("unknown key");
+    let msg = err.to_string();
+    let list = msg
+        .split("expected one of ")
+        .nth(1)
+        .or_else(|| msg.split("expected ").nth(1))
+        .unwrap_or_else(|| panic!("no key list in {msg}"));
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn full_example_documents_every_key() {
+    let example =
+        std::fs::read_to_string(config_dir().join("ccm-agent.example.toml")).expect("example");
+    let documented = |key: &str| {
+        example.lines().any(|line| {
+            let line = line.trim_start_matches(['#', ' ']);
+            line.starts_with(&format!("{key} ="))
+                || line.contains(&format!("{{ {key} ="))
+                || line.contains(&format!(", {key} ="))
+                || line.contains(&format!("[{key}]"))
+                || line.contains(&format!("[{key}."))
+                || line.contains(&format!("[[{key}]]"))
+                || line.contains(&format!(".{key}]"))
+        })
+    };
+    let tables = [
+        "",
+        "[agent]",
+        "[metrics]",
+        "[cloud]",
+        "[cloud.auth]",
+        "[defaults]",
+        "[defaults.output]",
+        "[defaults.pca]",
+        "[defaults.pca.subject]",
+        "[defaults.pca.validity]",
+        "[[certificates]]",
+        "[[certificates]]\n[certificates.pca]",
+        "[[certificates]]\n[certificates.scm]",
+        "[[certificates]]\n[certificates.output]",
+    ];
+    let mut missing = Vec::new();
+    for table in tables {
+        let keys = known_keys(table);
+        assert!(!keys.is_empty(), "{table}");
+        for key in keys {
+            if !documented(&key) {
+                missing.push(format!("{table} {key}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "undocumented keys: {missing:#?}");
+}

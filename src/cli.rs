@@ -9,20 +9,89 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "ccm-agent",
     version,
-    about = "Keeps Huawei Cloud CCM certificates fresh on this host"
+    about = "Keeps Huawei Cloud Certificate Manager (CCM) certificates fresh on this host",
+    after_help = "Exit codes: 0 success (including \"nothing needed renewing\"), 1 an operation failed, \
+                  2 bad command line or configuration."
 )]
 pub struct Cli {
-    /// Log format.
-    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    /// Log format: text or json (default: the config's agent.log_format, else text).
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent until interrupted: check on start and on the schedule, renew what is due.
+    Run(ConfigArgs),
+    /// Validate a configuration file without side effects.
+    Check(CheckArgs),
+    /// Show the managed certificates: source, not-after, days left, next renewal, last result.
+    Status(StatusArgs),
+    /// Check the named certificates now and renew them if due (or always, with --force).
+    Renew(RenewArgs),
+    /// Start the built-in emulator with demo data and run the agent against it.
+    Demo(DemoArgs),
     /// Run the local CCM emulator (SCM v3, PCA v1, IAM tokens) until interrupted.
     Emulator(EmulatorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// The configuration file.
+    #[arg(long, short = 'c', env = "CCM_AGENT_CONFIG", default_value = "/etc/ccm-agent/ccm-agent.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Also resolve the credentials and test them against the cloud (and that each PCA
+    /// issuing CA exists and can issue).
+    #[arg(long)]
+    pub online: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RenewArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Managed certificate names (all when none is given).
+    pub names: Vec<String>,
+    /// Renew even when not due.
+    #[arg(long)]
+    pub force: bool,
+    /// Show what would be requested and written; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where the demo writes its configuration, state and certificates.
+    #[arg(long, default_value = "./ccm-agent-demo")]
+    pub dir: PathBuf,
+    /// Metrics, /healthz and /readyz address.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_listen: SocketAddr,
+    /// How much faster than real time the emulator's clock runs, so short-lived demo
+    /// certificates reach their renewal point within a minute.
+    #[arg(long, default_value_t = 120)]
+    pub speed: u32,
+    /// Stop after this many seconds (default: run until interrupted).
+    #[arg(long)]
+    pub duration: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]

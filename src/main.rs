@@ -1,54 +1,369 @@
-//! The `ccm-agent` binary: parse the command line, build the runtime, run, map to an exit code.
+//! The `ccm-agent` binary: parse the command line, load and validate the configuration (a bad
+//! one exits with 2 before any runtime starts), build the runtime, run, map to an exit code.
 
 mod cli;
+mod demo;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
 
+use ccm_agent::agent::clock::Clock;
+use ccm_agent::agent::daemon::{self, RunOptions, StatusFile};
+use ccm_agent::agent::renew::{Action, CheckOptions, Renewer};
 use ccm_agent::cloud::Secret;
+use ccm_agent::config::{CertificateSource, Config, LogFormat};
 use ccm_agent::emulator::{Emulator, EmulatorConfig};
-use cli::{Cli, Command, EmulatorArgs};
+use cli::{CheckArgs, Cli, Command, EmulatorArgs, RenewArgs, StatusArgs};
+
+/// An operation failed.
+const EXIT_FAILURE: u8 = 1;
+/// Bad command line or configuration.
+const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+    match cli.command {
+        Command::Run(args) => {
+            let Some(config) = load_config(&args.config) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            init_tracing(cli.log_format.as_deref(), Some(&config));
+            let credentials = match config.resolve_credentials(&|k| std::env::var(k).ok()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            // Bind before starting anything, so a taken port is a clear startup error.
+            let listener = match config.metrics.listen.map(std::net::TcpListener::bind).transpose() {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!(
+                        "error: metrics.listen {}: {e}",
+                        config.metrics.listen.map(|a| a.to_string()).unwrap_or_default()
+                    );
+                    return ExitCode::from(EXIT_FAILURE);
+                }
+            };
+            block_on(async move {
+                let listener = listener
+                    .map(|l| {
+                        l.set_nonblocking(true)?;
+                        tokio::net::TcpListener::from_std(l)
+                    })
+                    .transpose()
+                    .context("metrics listener")?;
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                daemon::run(
+                    Arc::new(config),
+                    credentials,
+                    RunOptions {
+                        clock: Clock::system(),
+                        metrics_listener: listener,
+                        shutdown,
+                        on_cycle: None,
+                    },
+                )
+                .await?;
+                Ok(ExitCode::SUCCESS)
+            })
         }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Emulator(args) => run_emulator(args).await,
+        Command::Check(args) => {
+            init_tracing(cli.log_format.as_deref(), None);
+            check(args)
         }
-    });
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
+        Command::Status(args) => status(args),
+        Command::Renew(args) => {
+            let Some(config) = load_config(&args.config.config) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            init_tracing(cli.log_format.as_deref(), Some(&config));
+            renew(config, args)
+        }
+        Command::Demo(args) => {
+            init_tracing(cli.log_format.as_deref(), None);
+            block_on(demo::run(args))
+        }
+        Command::Emulator(args) => {
+            init_tracing(cli.log_format.as_deref(), None);
+            block_on(run_emulator(args))
         }
     }
 }
 
-fn init_tracing(format: &str) {
+fn block_on(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("error: {e}");
+            None
+        }
+    }
+}
+
+fn init_tracing(flag: Option<&str>, config: Option<&Config>) {
+    let level = config.map(|c| c.agent.log_level.clone()).unwrap_or_else(|| "info".into());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let json = match flag {
+        Some(f) => f == "json",
+        None => config.is_some_and(|c| c.agent.log_format == LogFormat::Json),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if format == "json" {
+    if json {
         builder.json().init();
     } else {
         builder.init();
     }
+}
+
+async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
+    wait_for_shutdown().await;
+    token.cancel();
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let Some(config) = load_config(&args.config.config) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    println!(
+        "{}: valid; {} managed certificate(s)",
+        config.source_name,
+        config.certificates.len()
+    );
+    for w in &config.warnings {
+        println!("warning: {w}");
+    }
+    if !args.online {
+        return ExitCode::SUCCESS;
+    }
+    let credentials = match config.resolve_credentials(&|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    block_on(async move {
+        let client = daemon::build_client(&config, credentials, None)?;
+        let mut failed = false;
+        let mut report = |what: String, result: Result<String, String>| match result {
+            Ok(detail) => println!("ok: {what}: {detail}"),
+            Err(e) => {
+                failed = true;
+                println!("FAILED: {what}: {e}");
+            }
+        };
+        let q = ccm_agent::cloud::scm::ListCertificatesQuery::default();
+        report(
+            format!("SCM at {}", config.cloud.endpoints.scm),
+            client
+                .scm_list_certificates(&q)
+                .await
+                .map(|r| format!("credentials accepted, {} certificate(s)", r.total_count.unwrap_or(0)))
+                .map_err(|e| e.to_string()),
+        );
+        for cert in &config.certificates {
+            if let CertificateSource::Pca(pca) = &cert.source {
+                let what = format!("certificate {:?}: issuing CA {}", cert.name, pca.ca_id);
+                let result = match client.pca_show_ca(&pca.ca_id).await {
+                    Ok(ca) => {
+                        let status = ca.status.as_ref().map(|s| s.to_string()).unwrap_or_default();
+                        if status == "ACTIVED" {
+                            Ok("active".to_owned())
+                        } else {
+                            Err(format!("the CA is {status}, not ACTIVED: it cannot issue"))
+                        }
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                report(what, result);
+            }
+        }
+        Ok(if failed {
+            ExitCode::from(EXIT_FAILURE)
+        } else {
+            ExitCode::SUCCESS
+        })
+    })
+}
+
+fn status(args: StatusArgs) -> ExitCode {
+    let Some(config) = load_config(&args.config.config) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let file = match StatusFile::load(&config.agent.state_dir) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let rows: Vec<daemon::CertStatus> = config
+        .certificates
+        .iter()
+        .map(|c| {
+            file.certificates
+                .iter()
+                .find(|s| s.name == c.name)
+                .cloned()
+                .unwrap_or_else(|| daemon::CertStatus {
+                    name: c.name.clone(),
+                    source: daemon::source_name(c).to_owned(),
+                    last_result: "never checked".into(),
+                    ..Default::default()
+                })
+        })
+        .collect();
+    if args.json {
+        match serde_json::to_string_pretty(&rows) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<24} {:<6} {:<20} {:>9} {:<20} {}",
+        "NAME", "SOURCE", "NOT AFTER", "DAYS LEFT", "NEXT RENEWAL", "LAST RESULT"
+    );
+    for r in &rows {
+        let parse = |s: &Option<String>| {
+            s.as_deref().and_then(|s| {
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+            })
+        };
+        let not_after = parse(&r.not_after);
+        let days_left = not_after
+            .map(|t| format!("{:.1}", (t - now).as_seconds_f64() / 86_400.0))
+            .unwrap_or_else(|| "-".into());
+        let short = |t: Option<time::OffsetDateTime>| {
+            t.map(|t| {
+                let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]");
+                t.format(&fmt).unwrap_or_default()
+            })
+            .unwrap_or_else(|| "-".into())
+        };
+        let mut result = r.last_result.clone();
+        if let Some(e) = &r.last_error {
+            result = format!("{result}: {e}");
+        }
+        if !r.warnings.is_empty() {
+            result = format!("{result} (warning: {})", r.warnings.join("; "));
+        }
+        println!(
+            "{:<24} {:<6} {:<20} {:>9} {:<20} {}",
+            r.name,
+            r.source,
+            short(not_after),
+            days_left,
+            short(parse(&r.next_renewal)),
+            result
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn renew(config: Config, args: RenewArgs) -> ExitCode {
+    let unknown: Vec<&String> = args
+        .names
+        .iter()
+        .filter(|n| config.certificate(n).is_none())
+        .collect();
+    if !unknown.is_empty() {
+        eprintln!(
+            "error: {}: no managed certificate named {}",
+            config.source_name,
+            unknown.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let credentials = match config.resolve_credentials(&|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    block_on(async move {
+        let client = daemon::build_client(&config, credentials, None)?;
+        std::fs::create_dir_all(&config.agent.state_dir).with_context(|| {
+            format!("agent.state_dir: creating {}", config.agent.state_dir.display())
+        })?;
+        let renewer = Renewer::new(
+            client,
+            &config.agent.state_dir,
+            Clock::system(),
+            config.agent.effective_host_id(),
+        )?;
+        let opts = CheckOptions {
+            force: args.force,
+            dry_run: args.dry_run,
+        };
+        let mut failed = 0;
+        for cert in config
+            .certificates
+            .iter()
+            .filter(|c| args.names.is_empty() || args.names.contains(&c.name))
+        {
+            match renewer.check(cert, opts).await {
+                Ok(report) => {
+                    match &report.action {
+                        Action::WouldDo(steps) => {
+                            println!("{}: would do:", report.name);
+                            for s in steps {
+                                println!("  {s}");
+                            }
+                            if steps.is_empty() {
+                                println!("  nothing (not due)");
+                            }
+                        }
+                        Action::None => println!("{}: up to date, nothing to do", report.name),
+                        other => println!("{}: {other:?}", report.name),
+                    }
+                    for w in &report.warnings {
+                        println!("{}: warning: {w}", report.name);
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("{}: FAILED ({}): {e}", cert.name, e.kind());
+                }
+            }
+        }
+        Ok(if failed > 0 {
+            ExitCode::from(EXIT_FAILURE)
+        } else {
+            ExitCode::SUCCESS
+        })
+    })
 }
 
 async fn run_emulator(args: EmulatorArgs) -> anyhow::Result<ExitCode> {
@@ -83,7 +398,7 @@ async fn run_emulator(args: EmulatorArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_shutdown() {
+pub(crate) async fn wait_for_shutdown() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

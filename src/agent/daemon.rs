@@ -1,0 +1,468 @@
+//! The long-running agent: a startup pass (recover interrupted installs, resume journaled
+//! issuances, check everything), then a check of every managed certificate on each tick of the
+//! cron schedule, with bounded concurrency, failure backoff per certificate, metrics, and a
+//! status file for `ccm-agent status`. A failed certificate is logged, counted and retried
+//! later; it never stops the loop or the other certificates.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use super::clock::Clock;
+use super::renew::{CheckOptions, CheckReport, RenewError, Renewer};
+use crate::cloud::{Client, Credentials};
+use crate::config::{CertificateSource, Config, ManagedCertificate};
+use crate::metrics::{Metrics, Readiness};
+
+/// File in the state directory where the agent records the last outcome of every certificate.
+pub const STATUS_FILE: &str = "status.json";
+
+/// What `ccm-agent status` shows for one certificate.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CertStatus {
+    pub name: String,
+    pub source: String,
+    /// RFC 3339.
+    pub not_after: Option<String>,
+    pub next_renewal: Option<String>,
+    pub last_check: Option<String>,
+    /// `ok`, `renewed`, `reexported`, `reinstalled`, or an error kind.
+    pub last_result: String,
+    pub last_error: Option<String>,
+    pub warnings: Vec<String>,
+    pub fingerprint_sha256: Option<String>,
+}
+
+/// The status file: written after every check, read by `ccm-agent status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StatusFile {
+    pub updated_at: Option<String>,
+    pub certificates: Vec<CertStatus>,
+}
+
+impl StatusFile {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(STATUS_FILE)
+    }
+
+    /// Read the status file; a missing file is an empty status.
+    pub fn load(state_dir: &Path) -> anyhow::Result<Self> {
+        let path = Self::path(state_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("status file {} does not parse", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
+        let path = Self::path(state_dir);
+        let json = serde_json::to_vec_pretty(self)?;
+        let attrs = crate::install::FileAttrs {
+            mode: 0o644,
+            uid: None,
+            gid: None,
+        };
+        crate::install::fsio::write_atomic(&path, &json, &attrs)
+            .map(|_| ())
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Build the cloud client from the configuration, reporting requests to `metrics`.
+pub fn build_client(
+    config: &Config,
+    credentials: Credentials,
+    metrics: Option<Arc<Metrics>>,
+) -> anyhow::Result<Client> {
+    let mut builder = Client::builder(config.cloud.endpoints.clone(), credentials)
+        .timeout(config.cloud.timeout);
+    if let Some(bundle) = &config.cloud.ca_bundle {
+        let pem = std::fs::read(bundle)
+            .with_context(|| format!("cloud.ca_bundle: reading {}", bundle.display()))?;
+        builder = builder.add_root_pem(pem);
+    }
+    if let Some(m) = metrics {
+        builder = builder.observer(m);
+    }
+    Ok(builder.build()?)
+}
+
+/// Everything a running agent shares between its tasks.
+pub struct Agent {
+    config: Arc<Config>,
+    renewer: Arc<Renewer>,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    clock: Clock,
+    status: Mutex<HashMap<String, CertStatus>>,
+    /// Per certificate: failures in a row and when the next attempt may run (wall time).
+    backoff: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+/// The outcome of one pass over the certificates.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CycleSummary {
+    pub managed: usize,
+    pub changed: usize,
+    pub failed: usize,
+    pub skipped_backoff: usize,
+    pub warnings: usize,
+}
+
+impl std::fmt::Display for CycleSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} managed, {} changed, {} failing, {} waiting to retry, {} warnings",
+            self.managed, self.changed, self.failed, self.skipped_backoff, self.warnings
+        )
+    }
+}
+
+impl Agent {
+    pub fn new(
+        config: Arc<Config>,
+        client: Client,
+        metrics: Arc<Metrics>,
+        readiness: Readiness,
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.agent.state_dir).with_context(|| {
+            format!(
+                "agent.state_dir: creating {}",
+                config.agent.state_dir.display()
+            )
+        })?;
+        let renewer = Renewer::new(
+            client,
+            &config.agent.state_dir,
+            clock.clone(),
+            config.agent.effective_host_id(),
+        )
+        .context("opening the state directory")?;
+        let previous = StatusFile::load(&config.agent.state_dir).unwrap_or_default();
+        let status = previous
+            .certificates
+            .into_iter()
+            .filter(|c| config.certificate(&c.name).is_some())
+            .map(|c| (c.name.clone(), c))
+            .collect();
+        Ok(Self {
+            config,
+            renewer: Arc::new(renewer),
+            metrics,
+            readiness,
+            clock,
+            status: Mutex::new(status),
+            backoff: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn renewer(&self) -> &Renewer {
+        &self.renewer
+    }
+
+    /// Resume issuances a crash interrupted, before the first check.
+    pub async fn resume(&self) {
+        for result in self.renewer.resume(&self.config.certificates).await {
+            match result {
+                Ok(report) => {
+                    tracing::info!(certificate = %report.name, action = ?report.action, "resumed an interrupted renewal");
+                    self.record_ok(&report);
+                }
+                Err(e) => tracing::warn!(error = %e, "could not resume an interrupted renewal"),
+            }
+        }
+    }
+
+    /// Check every managed certificate once (renewing what is due), `concurrency` at a time.
+    pub async fn check_all(&self, opts: CheckOptions) -> CycleSummary {
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(
+            self.config.agent.concurrency.max(1),
+        ));
+        let mut summary = CycleSummary {
+            managed: self.config.certificates.len(),
+            ..CycleSummary::default()
+        };
+        let now = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for cert in &self.config.certificates {
+            if !opts.force && self.in_backoff(&cert.name, now) {
+                summary.skipped_backoff += 1;
+                continue;
+            }
+            let cert = cert.clone();
+            let renewer = self.renewer.clone();
+            let semaphore = semaphore.clone();
+            tasks.spawn(async move {
+                let _permit = semaphore.acquire_owned().await;
+                let result = renewer.check(&cert, opts).await;
+                (cert, result)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((cert, result)) = joined else {
+                summary.failed += 1;
+                continue;
+            };
+            match result {
+                Ok(report) => {
+                    if report.install_changed {
+                        summary.changed += 1;
+                    }
+                    summary.warnings += report.warnings.len();
+                    self.record_ok(&report);
+                }
+                Err(e) => {
+                    summary.failed += 1;
+                    self.record_failure(&cert, &e);
+                }
+            }
+        }
+        if summary.failed == 0 {
+            self.metrics
+                .set_last_successful_check(self.clock.now());
+        }
+        self.save_status();
+        summary
+    }
+
+    fn in_backoff(&self, name: &str, now: Instant) -> bool {
+        let backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        backoff.get(name).is_some_and(|(_, until)| *until > now)
+    }
+
+    fn record_ok(&self, report: &CheckReport) {
+        use super::renew::Action;
+        let result = match &report.action {
+            Action::None => "ok",
+            Action::Renewed { .. } => "renewed",
+            Action::Reexported { .. } => "reexported",
+            Action::Reinstalled { .. } => "reinstalled",
+            Action::WouldDo(_) => "dry_run",
+        };
+        let now = self.clock.now();
+        self.metrics.record_check(&report.name, "ok");
+        if matches!(report.action, Action::Renewed { .. } | Action::Reexported { .. }) {
+            self.metrics.record_renewal(&report.name, "ok", now);
+        }
+        if report.install_changed {
+            self.metrics.record_install(&report.name, "ok");
+        }
+        if let Some(installed) = &report.installed {
+            self.metrics
+                .set_certificate(&report.name, report.source, &installed.facts(), now);
+        }
+        self.metrics.set_cert_ready(&report.name, report.installed.is_some());
+        self.metrics.set_scm_expiring_without_successor(
+            &report.name,
+            report.warnings.iter().any(|w| w.contains("no newer")),
+        );
+        for w in &report.warnings {
+            tracing::warn!(certificate = %report.name, "{w}");
+        }
+        match &report.action {
+            Action::None => tracing::debug!(certificate = %report.name, "nothing to do"),
+            other => tracing::info!(certificate = %report.name, action = ?other, "certificate updated"),
+        }
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&report.name);
+        let entry = CertStatus {
+            name: report.name.clone(),
+            source: report.source.to_owned(),
+            not_after: report.installed.as_ref().map(|i| rfc3339(i.not_after)),
+            next_renewal: report.next_renewal.map(rfc3339),
+            last_check: Some(rfc3339(now)),
+            last_result: result.to_owned(),
+            last_error: None,
+            warnings: report.warnings.clone(),
+            fingerprint_sha256: report
+                .installed
+                .as_ref()
+                .map(|i| i.fingerprint_sha256.clone()),
+        };
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(report.name.clone(), entry);
+    }
+
+    fn record_failure(&self, cert: &ManagedCertificate, e: &RenewError) {
+        let kind = e.kind();
+        tracing::error!(certificate = %cert.name, kind, error = %e, "certificate check failed; the files in place are unchanged");
+        self.metrics.record_check(&cert.name, kind);
+        if e.during_renewal() {
+            self.metrics.record_renewal(&cert.name, kind, self.clock.now());
+        }
+        if e.during_install() {
+            self.metrics.record_install(&cert.name, kind);
+        }
+        let failures = {
+            let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+            let failures = backoff.get(&cert.name).map(|(n, _)| n + 1).unwrap_or(1);
+            let delay = super::plan::retry_delay(
+                failures,
+                self.config.agent.retry_initial,
+                self.config.agent.retry_max,
+                &mut rand::rng(),
+            );
+            backoff.insert(cert.name.clone(), (failures, Instant::now() + delay));
+            failures
+        };
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = status.entry(cert.name.clone()).or_insert_with(|| CertStatus {
+            name: cert.name.clone(),
+            source: source_name(cert).to_owned(),
+            ..CertStatus::default()
+        });
+        entry.last_check = Some(rfc3339(self.clock.now()));
+        entry.last_result = kind.to_owned();
+        entry.last_error = Some(format!("{e} (failure {failures} in a row)"));
+    }
+
+    fn save_status(&self) {
+        let mut certificates: Vec<CertStatus> = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        certificates.sort_by(|a, b| a.name.cmp(&b.name));
+        let file = StatusFile {
+            updated_at: Some(rfc3339(self.clock.now())),
+            certificates,
+        };
+        if let Err(e) = file.save(&self.config.agent.state_dir) {
+            tracing::warn!(error = %format!("{e:#}"), "could not write the status file");
+        }
+    }
+
+    /// A one-line summary for logs (and systemd STATUS= later).
+    pub fn summary_line(&self, summary: &CycleSummary) -> String {
+        summary.to_string()
+    }
+
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+}
+
+pub fn source_name(cert: &ManagedCertificate) -> &'static str {
+    match cert.source {
+        CertificateSource::Pca(_) => "pca",
+        CertificateSource::Scm(_) => "scm",
+    }
+}
+
+/// How [`run`] is wired.
+pub struct RunOptions {
+    pub clock: Clock,
+    /// Serve metrics on this already-bound listener (the caller binds it so errors surface
+    /// before anything else starts); `None` disables the endpoint.
+    pub metrics_listener: Option<tokio::net::TcpListener>,
+    pub shutdown: CancellationToken,
+    /// Called after every pass with its summary (the demo prints progress from it).
+    pub on_cycle: Option<Box<dyn Fn(&CycleSummary) + Send + Sync>>,
+}
+
+/// Run the agent until `shutdown` is cancelled.
+pub async fn run(
+    config: Arc<Config>,
+    credentials: Credentials,
+    opts: RunOptions,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let readiness = Readiness::new();
+    let client = build_client(&config, credentials, Some(metrics.clone()))?;
+    let agent = Arc::new(Agent::new(
+        config.clone(),
+        client,
+        metrics.clone(),
+        readiness.clone(),
+        opts.clock.clone(),
+    )?);
+
+    let server = opts.metrics_listener.map(|listener| {
+        tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics on /metrics, health on /healthz and /readyz");
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            metrics.clone(),
+            readiness.clone(),
+            opts.shutdown.clone(),
+        ))
+    });
+
+    // Ticks of the cron schedule wake the loop through this.
+    let tick = Arc::new(tokio::sync::Notify::new());
+    let scheduler = start_scheduler(config.agent.schedule.expression(), tick.clone()).await?;
+
+    agent.resume().await;
+    if config.agent.check_on_start {
+        let summary = agent.check_all(CheckOptions::default()).await;
+        tracing::info!(%summary, "startup check finished");
+        if let Some(cb) = &opts.on_cycle {
+            cb(&summary);
+        }
+    }
+    readiness.set_ready(true);
+
+    loop {
+        tokio::select! {
+            _ = opts.shutdown.cancelled() => break,
+            _ = tick.notified() => {
+                let summary = agent.check_all(CheckOptions::default()).await;
+                tracing::info!(%summary, "scheduled check finished");
+                if let Some(cb) = &opts.on_cycle {
+                    cb(&summary);
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    let mut scheduler = scheduler;
+    let _ = scheduler.shutdown().await;
+    if let Some(server) = server {
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
+    Ok(())
+}
+
+async fn start_scheduler(
+    expression: &str,
+    tick: Arc<tokio::sync::Notify>,
+) -> anyhow::Result<tokio_cron_scheduler::JobScheduler> {
+    use tokio_cron_scheduler::{Job, JobScheduler};
+    let scheduler = JobScheduler::new()
+        .await
+        .context("starting the scheduler")?;
+    let job = Job::new_async(expression, move |_id, _lock| {
+        let tick = tick.clone();
+        Box::pin(async move {
+            tick.notify_one();
+        })
+    })
+    .with_context(|| format!("agent.schedule {expression:?}"))?;
+    scheduler.add(job).await.context("scheduling checks")?;
+    scheduler.start().await.context("starting the scheduler")?;
+    Ok(scheduler)
+}

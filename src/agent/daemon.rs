@@ -120,6 +120,8 @@ pub struct CycleSummary {
     pub failed: usize,
     pub skipped_backoff: usize,
     pub warnings: usize,
+    /// The earliest renewal time among the certificates (agent clock).
+    pub next_renewal: Option<OffsetDateTime>,
 }
 
 impl std::fmt::Display for CycleSummary {
@@ -227,6 +229,10 @@ impl Agent {
                     if report.install_changed {
                         summary.changed += 1;
                     }
+                    summary.next_renewal = match (summary.next_renewal, report.next_renewal) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                     summary.warnings += report.warnings.len();
                     self.record_ok(&report);
                 }
@@ -362,6 +368,38 @@ impl Agent {
         summary.to_string()
     }
 
+    /// How long until the next certificate-specific wake-up (renewal time or end of a backoff),
+    /// between 1 s and 1 h; the cron schedule covers everything else.
+    pub fn next_wake(&self) -> Duration {
+        let cap = Duration::from_secs(3600);
+        let now = self.clock.now();
+        let by_renewal = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|s| s.next_renewal.as_deref())
+            .filter_map(|t| {
+                OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            // A time already past was handled by the last pass (renewed, failed into backoff,
+            // or waiting for SCM to hold a newer certificate): it must not spin the loop.
+            .filter(|t| *t > now)
+            .map(|t| Duration::try_from(t - now).unwrap_or(Duration::ZERO))
+            .min()
+            .unwrap_or(cap);
+        let instant_now = Instant::now();
+        let by_backoff = self
+            .backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(_, until)| until.saturating_duration_since(instant_now))
+            .min()
+            .unwrap_or(cap);
+        by_renewal.min(by_backoff).clamp(Duration::from_secs(1), cap)
+    }
+
     pub fn readiness(&self) -> &Readiness {
         &self.readiness
     }
@@ -427,15 +465,18 @@ pub async fn run(
     readiness.set_ready(true);
 
     loop {
+        // Besides the schedule, wake at the earliest certificate renewal time and when a
+        // failed certificate's backoff ends.
+        let wake = agent.next_wake();
         tokio::select! {
             _ = opts.shutdown.cancelled() => break,
-            _ = tick.notified() => {
-                let summary = agent.check_all(CheckOptions::default()).await;
-                tracing::info!(%summary, "scheduled check finished");
-                if let Some(cb) = &opts.on_cycle {
-                    cb(&summary);
-                }
-            }
+            _ = tick.notified() => {}
+            _ = tokio::time::sleep(wake) => {}
+        }
+        let summary = agent.check_all(CheckOptions::default()).await;
+        tracing::info!(%summary, "check finished");
+        if let Some(cb) = &opts.on_cycle {
+            cb(&summary);
         }
     }
     tracing::info!("shutting down");

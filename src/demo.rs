@@ -176,6 +176,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             metrics_listener: Some(listener),
             shutdown,
             on_cycle: Some(Box::new(on_cycle)),
+            notifier: ccm_agent::systemd::Notifier::disabled(),
         },
     )
     .await?;

@@ -16,3 +16,4 @@ pub mod config;
 pub mod emulator;
 pub mod install;
 pub mod pki;
+pub mod systemd;

@@ -421,6 +421,8 @@ pub struct RunOptions {
     pub shutdown: CancellationToken,
     /// Called after every pass with its summary (the demo prints progress from it).
     pub on_cycle: Option<Box<dyn Fn(&CycleSummary) + Send + Sync>>,
+    /// systemd notifications (a no-op outside systemd).
+    pub notifier: crate::systemd::Notifier,
 }
 
 /// Run the agent until `shutdown` is cancelled.
@@ -454,31 +456,48 @@ pub async fn run(
     let tick = Arc::new(tokio::sync::Notify::new());
     let scheduler = start_scheduler(config.agent.schedule.expression(), tick.clone()).await?;
 
+    let notifier = opts.notifier.clone();
+    let mut watchdog = notifier.watchdog_interval().map(|every| {
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     agent.resume().await;
     if config.agent.check_on_start {
-        let summary = agent.check_all(CheckOptions::default()).await;
+        let summary = run_cycle(&agent, watchdog.as_mut(), &notifier).await;
         tracing::info!(%summary, "startup check finished");
         if let Some(cb) = &opts.on_cycle {
             cb(&summary);
         }
     }
+    // Ready: configuration loaded, metrics listener bound, first check finished.
     readiness.set_ready(true);
+    notifier.ready();
 
     loop {
         // Besides the schedule, wake at the earliest certificate renewal time and when a
         // failed certificate's backoff ends.
         let wake = agent.next_wake();
-        tokio::select! {
-            _ = opts.shutdown.cancelled() => break,
-            _ = tick.notified() => {}
-            _ = tokio::time::sleep(wake) => {}
+        let sleep = tokio::time::sleep(wake);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = opts.shutdown.cancelled() => break,
+                _ = tick.notified() => break,
+                _ = &mut sleep => break,
+                _ = next_watchdog(watchdog.as_mut()) => notifier.watchdog(),
+            }
         }
-        let summary = agent.check_all(CheckOptions::default()).await;
+        if opts.shutdown.is_cancelled() {
+            break;
+        }
+        let summary = run_cycle(&agent, watchdog.as_mut(), &notifier).await;
         tracing::info!(%summary, "check finished");
         if let Some(cb) = &opts.on_cycle {
             cb(&summary);
         }
     }
+    notifier.stopping();
     tracing::info!("shutting down");
     let mut scheduler = scheduler;
     let _ = scheduler.shutdown().await;
@@ -486,6 +505,34 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     }
     Ok(())
+}
+
+/// One pass over the certificates, feeding the systemd watchdog while it runs (the loop is
+/// alive as long as it is making progress here), then STATUS= with the summary.
+async fn run_cycle(
+    agent: &Agent,
+    mut watchdog: Option<&mut tokio::time::Interval>,
+    notifier: &crate::systemd::Notifier,
+) -> CycleSummary {
+    let check = agent.check_all(CheckOptions::default());
+    tokio::pin!(check);
+    let summary = loop {
+        tokio::select! {
+            s = &mut check => break s,
+            _ = next_watchdog(watchdog.as_deref_mut()) => notifier.watchdog(),
+        }
+    };
+    notifier.status(&summary.to_string());
+    summary
+}
+
+async fn next_watchdog(watchdog: Option<&mut tokio::time::Interval>) {
+    match watchdog {
+        Some(w) => {
+            w.tick().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 async fn start_scheduler(

@@ -45,6 +45,13 @@
 //! streetAddress); the per-file `x509_cert_error` series is not exported. Time-relative series
 //! (`x509_cert_expired`, `..._expires_in_seconds`, `..._valid_since_seconds`) are evaluated at
 //! every scrape against the [`Metrics`] clock, as the exporter does against its wall clock.
+//!
+//! # Adding a metric
+//! A process-wide series (deploys by service/region/result, reloads by result): a field on
+//! [`Metrics`], created and registered in `Metrics::build`, and a method that updates it. A
+//! per-certificate series: a field on `CertState`, a vector on `CertCollector` (listed in its
+//! `gauges()`/`counters()`), filled in `collect`; it then disappears with its certificate for
+//! free. [`text::parse`] reads an exposition back, for tests and status summaries.
 
 mod server;
 pub mod text;
@@ -694,6 +701,7 @@ impl Collector for CollectorRef {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::text::{Sample, parse};
     use super::*;
@@ -799,7 +807,11 @@ mod tests {
             .map(|x| x.labels["serial_number"].as_str())
             .collect();
         serials.sort_unstable();
-        assert_eq!(serials, ["11", "12"], "old serial 10 of \"app\" must be gone");
+        assert_eq!(
+            serials,
+            ["11", "12"],
+            "old serial 10 of \"app\" must be gone"
+        );
 
         m.remove_certificate("app");
         let s = scrape(&m);

@@ -99,6 +99,7 @@ fn parse_line(line: &str) -> Option<Sample> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -152,7 +152,7 @@ async fn daemon_installs_renews_and_reports() {
     assert_eq!(emu.shared().count_requests("pca.create_certificate"), 1, "apply mode for api");
 
     let metrics = scrape(&addr).await;
-    let not_after = sample(&metrics, "ccm_agent_certificate_not_after_seconds", &[("name", "web")])
+    let not_after = sample(&metrics, "ccm_agent_certificate_not_after_timestamp_seconds", &[("name", "web")])
         .expect("not_after metric");
     assert_eq!(not_after as i64, cert.not_after.unix_timestamp());
     let x509 = sample(&metrics, "x509_cert_not_after", &[("subject_CN", "web.test.internal")])

@@ -18,7 +18,7 @@ use super::clock::Clock;
 use super::renew::{CheckOptions, CheckReport, RenewError, Renewer};
 use crate::cloud::{Client, Credentials};
 use crate::config::{CertificateSource, Config, ManagedCertificate};
-use crate::metrics::{Metrics, Readiness};
+use crate::metrics::{CertificateFacts, Metrics, Readiness};
 
 /// File in the state directory where the agent records the last outcome of every certificate.
 pub const STATUS_FILE: &str = "status.json";
@@ -273,8 +273,25 @@ impl Agent {
             self.metrics.record_install(&report.name, "ok");
         }
         if let Some(installed) = &report.installed {
-            self.metrics
-                .set_certificate(&report.name, report.source, &installed.facts(), now);
+            // Metrics describe what is on disk, read back from the file itself.
+            let path = &installed.cert_path;
+            match std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| crate::pki::parse_cert(&pem).map_err(|e| e.to_string()))
+            {
+                Ok(info) => {
+                    self.metrics.set_read_error(&report.name, false);
+                    self.metrics.set_certificate(
+                        &report.name,
+                        report.source,
+                        &CertificateFacts::from_cert(&info, Some(path)),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(certificate = %report.name, path = %path.display(), error = %e, "cannot read the installed certificate back");
+                    self.metrics.set_read_error(&report.name, true);
+                }
+            }
         }
         self.metrics.set_cert_ready(&report.name, report.installed.is_some());
         self.metrics.set_scm_expiring_without_successor(
@@ -316,11 +333,10 @@ impl Agent {
         let kind = e.kind();
         tracing::error!(certificate = %cert.name, kind, error = %e, "certificate check failed; the files in place are unchanged");
         self.metrics.record_check(&cert.name, kind);
-        if e.during_renewal() {
-            self.metrics.record_renewal(&cert.name, kind, self.clock.now());
-        }
-        if e.during_install() {
+        if kind == "filesystem" {
             self.metrics.record_install(&cert.name, kind);
+        } else {
+            self.metrics.record_renewal(&cert.name, kind, self.clock.now());
         }
         let failures = {
             let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
@@ -431,7 +447,7 @@ pub async fn run(
     credentials: Credentials,
     opts: RunOptions,
 ) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
+    let metrics = Metrics::with_clock(opts.clock.clone());
     let readiness = Readiness::new();
     let client = build_client(&config, credentials, Some(metrics.clone()))?;
     let agent = Arc::new(Agent::new(

@@ -508,7 +508,13 @@ fn describe_disk(state: &InstalledState) -> String {
     }
 }
 
-/// Whole days (rounded down) in a duration, for messages.
+/// Days in a duration, rounded to the nearest whole day, for messages.
 fn days(d: time::Duration) -> i64 {
-    d.whole_days()
+    (d.whole_seconds() + 43_200).div_euclid(86_400)
+}
+
+/// RFC 3339, for messages.
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }

@@ -254,7 +254,7 @@ impl Renewer {
                     detail: format!(
                         "scm: every certificate {} has expired (the newest on {}) and no newer one was imported; the files in place are kept",
                         describe(sel),
-                        newest.map_or_else(|| "an unknown date".to_string(), |t| t.to_string())
+                        newest.map_or_else(|| "an unknown date".to_string(), super::rfc3339)
                     ),
                 }
             });
@@ -318,10 +318,11 @@ impl Renewer {
                 Decision::Wait { until } => report.next_renewal = Some(until),
                 Decision::Renew { reason } => {
                     let msg = format!(
-                        "scm: certificate {} {} expires in {} days ({na}; renewal {}) and no newer valid certificate {} exists in SCM; import a renewed one",
+                        "scm: certificate {} {} expires in {} days ({}; renewal {}) and no newer valid certificate {} exists in SCM; import a renewed one",
                         best.id,
                         describe(sel),
                         super::days(na - now),
+                        super::rfc3339(na),
                         reason.as_str(),
                         describe(sel)
                     );

@@ -1023,6 +1023,10 @@ async fn every_bad_input_is_rejected_names_the_cause_keeps_files_and_recovers() 
         nothing,
     )
     .await;
+    // Reconciliation did not mistake the 10-day certificates made above (same CA, same name,
+    // same minute) for the lost 30-day one.
+    let info = pki::parse_cert(&fs::read_to_string(paths(&e).cert).unwrap()).unwrap();
+    assert_eq!(info.not_after - info.not_before, time::Duration::days(30));
 }
 
 #[tokio::test]

@@ -25,7 +25,9 @@ use crate::cloud::pca::cert::{
     ExportType, ExtendedKeyUsage as ApiEku, ListCertificatesQuery, RevokeReason, SortDir,
     SubjectAlternativeName,
 };
-use crate::config::{ExtendedKeyUsage, ManagedCertificate, PcaMode, PcaSource, SubjectAltName};
+use crate::config::{
+    ExtendedKeyUsage, ManagedCertificate, PcaMode, PcaSource, SubjectAltName, ValidityUnit,
+};
 use crate::install::{self, Candidate, InstalledState};
 use crate::pki;
 
@@ -202,7 +204,12 @@ impl Renewer {
             }
             Need::Issue(reason) => {
                 if opts.dry_run {
-                    report.action = Action::WouldDo(self.plan_issue(cert, src, &record, &reason));
+                    let mut steps = match std::mem::replace(&mut report.action, Action::None) {
+                        Action::WouldDo(revocations) => revocations,
+                        _ => Vec::new(),
+                    };
+                    steps.extend(self.plan_issue(cert, src, &record, &reason));
+                    report.action = Action::WouldDo(steps);
                     report.installed = self.summary(cert);
                     return Ok(report);
                 }
@@ -803,6 +810,7 @@ impl Renewer {
             known.insert(id);
         }
         let want_csr = src.mode == PcaMode::Csr;
+        let lifetime = exact_lifetime(src);
         let candidates = list.certificates.iter().filter(|c| {
             c.issuer_id.as_deref() == Some(src.ca_id.as_str())
                 && c.common_name() == Some(cn)
@@ -810,6 +818,17 @@ impl Renewer {
                 && c.create_time.is_some_and(|t| t >= since)
                 && !known.contains(c.certificate_id.as_str())
                 && (c.gen_mode.as_deref() == Some("CSR")) == want_csr
+                // What the request asked for, where the list says it.
+                && (want_csr
+                    || c.key_algorithm.as_deref().is_none_or(|a| {
+                        a.eq_ignore_ascii_case(src.key_algorithm.as_str())
+                    }))
+                && match (lifetime, c.not_before, c.not_after) {
+                    (Some(want), Some(nb), Some(na)) => {
+                        ((na - nb) - want).abs() <= time::Duration::minutes(1)
+                    }
+                    _ => true,
+                }
         });
         if !want_csr {
             return Ok(candidates
@@ -949,6 +968,17 @@ impl Renewer {
         if changed && let Err(e) = self.records.save(&cert.name, record) {
             report.warnings.push(e.to_string());
         }
+    }
+}
+
+/// The lifetime a request for `src` yields, where it is exact (DAY and HOUR; months and years
+/// depend on the calendar).
+fn exact_lifetime(src: &PcaSource) -> Option<time::Duration> {
+    let v = i64::from(src.validity.value);
+    match src.validity.unit {
+        ValidityUnit::Day => Some(time::Duration::days(v)),
+        ValidityUnit::Hour => Some(time::Duration::hours(v)),
+        ValidityUnit::Month | ValidityUnit::Year => None,
     }
 }
 

@@ -1314,3 +1314,81 @@ async fn concurrent_forced_checks_issue_once() {
         .count();
     assert_eq!(renewed, 1, "{:?} / {:?}", a.action, b.action);
 }
+
+#[tokio::test]
+async fn scm_bad_exports_are_rejected_and_files_kept() {
+    let e = env().await;
+    let ca = ScmCa::new(e.shared.now());
+    let first = ca
+        .import(&e, "shop-cert", "shop.example.com", -1, 100)
+        .await;
+    let cert = scm_cert(&e, "shop", "name = \"shop-cert\"");
+    e.renewer
+        .check(&cert, CheckOptions::default())
+        .await
+        .unwrap();
+    let before = snapshot(&e);
+    let newer = ca.import(&e, "shop-cert", "shop.example.com", 0, 200).await;
+    assert_ne!(first, newer);
+
+    // A certificate whose chain is another CA.
+    let now = e.shared.now();
+    let (leaf, key) = ccm_agent::emulator::scm::demo_leaf(
+        &ca.ca,
+        "shop.example.com",
+        &[],
+        now,
+        now + time::Duration::days(50),
+    )
+    .unwrap();
+    let stranger = ccm_agent::emulator::scm::demo_ca(now).unwrap();
+    let body = serde_json::json!({
+        "entire_certificate": format!("{leaf}{}", stranger.0),
+        "certificate": leaf,
+        "certificate_chain": stranger.0,
+        "private_key": key,
+    })
+    .to_string();
+    let cases: Vec<(&str, FaultRule)> = vec![
+        (
+            "chain",
+            FaultRule {
+                replace_body: Some(body),
+                ..FaultRule::new("scm.export_certificate")
+            },
+        ),
+        (
+            "malformed",
+            FaultRule {
+                replace_body: Some("[1, 2".into()),
+                ..FaultRule::new("scm.export_certificate")
+            },
+        ),
+        (
+            "api",
+            FaultRule::error("scm.export_certificate", 500, "SCM.0500"),
+        ),
+        (
+            "api",
+            FaultRule::error("scm.list_certificates", 500, "SCM.0500"),
+        ),
+    ];
+    for (kind, rule) in cases {
+        e.shared.add_fault(rule);
+        let err = e
+            .renewer
+            .check(&cert, CheckOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), kind, "{err}");
+        assert!(err.to_string().contains("certificate shop"), "{err}");
+        assert_eq!(snapshot(&e), before, "{kind}");
+        e.shared.clear_faults();
+    }
+    let r = e
+        .renewer
+        .check(&cert, CheckOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.action, Action::Reexported { cloud_id: newer });
+}

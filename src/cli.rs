@@ -40,7 +40,12 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct ConfigArgs {
     /// The configuration file.
-    #[arg(long, short = 'c', env = "CCM_AGENT_CONFIG", default_value = "/etc/ccm-agent/ccm-agent.toml")]
+    #[arg(
+        long,
+        short = 'c',
+        env = "CCM_AGENT_CONFIG",
+        default_value = "/etc/ccm-agent/ccm-agent.toml"
+    )]
     pub config: PathBuf,
 }
 

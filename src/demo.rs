@@ -17,6 +17,14 @@ use ccm_agent::emulator::{Emulator, EmulatorConfig, Seed};
 
 use crate::cli::DemoArgs;
 
+/// Print to stdout, ignoring a closed pipe (`ccm-agent demo | head` must not panic).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// The demo configuration; `{…}` placeholders are filled in at start.
 const DEMO_CONFIG: &str = r#"# Written by `ccm-agent demo`: the agent's configuration for the built-in emulator.
 # Every key is documented in config/ccm-agent.example.toml.
@@ -76,11 +84,11 @@ name = "demo-app"
 "#;
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let dir = std::path::absolute(&args.dir)
-        .with_context(|| format!("--dir {}", args.dir.display()))?;
+    let dir =
+        std::path::absolute(&args.dir).with_context(|| format!("--dir {}", args.dir.display()))?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
-    println!("Starting the built-in CCM emulator with demo data (generating CA keys)...");
+    say!("Starting the built-in CCM emulator with demo data (generating CA keys)...");
     let emulator = Emulator::start(EmulatorConfig {
         seed: Some(Seed::Demo),
         ..EmulatorConfig::default()
@@ -123,18 +131,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     });
 
-    println!();
-    println!("ccm-agent demo is running (emulator at {}, clock x{speed}).", emulator.base_url());
-    println!("  configuration:  {}", config_path.display());
-    println!("  certificates:   {}/live/<name>/{{cert,chain,fullchain,privkey}}.pem", dir.display());
-    println!("  metrics:        http://{metrics_addr}/metrics   (also /healthz, /readyz)");
-    println!(
+    say!();
+    say!(
+        "ccm-agent demo is running (emulator at {}, clock x{speed}).",
+        emulator.base_url()
+    );
+    say!("  configuration:  {}", config_path.display());
+    say!(
+        "  certificates:   {}/live/<name>/{{cert,chain,fullchain,privkey}}.pem",
+        dir.display()
+    );
+    say!("  metrics:        http://{metrics_addr}/metrics   (also /healthz, /readyz)");
+    say!(
         "  status:         CCM_EMULATOR_SK=... ccm-agent status --config {}",
         config_path.display()
     );
-    println!("  The one-hour certificates renew at about 2/3 of their lifetime: within a minute here.");
-    println!("  Press Ctrl-C to stop.");
-    println!();
+    say!("  The one-hour certificates renew at about 2/3 of their lifetime: within a minute here.");
+    say!("  Press Ctrl-C to stop.");
+    say!();
 
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stopper = shutdown.clone();
@@ -156,10 +170,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let on_cycle = move |summary: &daemon::CycleSummary| {
         let now = time::OffsetDateTime::now_utc();
         let hms = time::macros::format_description!("[hour]:[minute]:[second]");
-        println!("[{}] check: {summary}", now.format(&hms).unwrap_or_default());
+        say!(
+            "[{}] check: {summary}",
+            now.format(&hms).unwrap_or_default()
+        );
         if let Ok(file) = daemon::StatusFile::load(&status_dir) {
             for c in file.certificates.iter().filter(|c| c.last_result != "ok") {
-                println!(
+                say!(
                     "           {:<10} {:<12} not after {}",
                     c.name,
                     c.last_result,
@@ -182,6 +199,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     emulator.shutdown().await;
-    println!("demo stopped; files are kept under {}", dir.display());
+    say!("demo stopped; files are kept under {}", dir.display());
     Ok(ExitCode::SUCCESS)
 }

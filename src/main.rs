@@ -39,12 +39,21 @@ fn main() -> ExitCode {
                 }
             };
             // Bind before starting anything, so a taken port is a clear startup error.
-            let listener = match config.metrics.listen.map(std::net::TcpListener::bind).transpose() {
+            let listener = match config
+                .metrics
+                .listen
+                .map(std::net::TcpListener::bind)
+                .transpose()
+            {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!(
                         "error: metrics.listen {}: {e}",
-                        config.metrics.listen.map(|a| a.to_string()).unwrap_or_default()
+                        config
+                            .metrics
+                            .listen
+                            .map(|a| a.to_string())
+                            .unwrap_or_default()
                     );
                     return ExitCode::from(EXIT_FAILURE);
                 }
@@ -98,7 +107,10 @@ fn main() -> ExitCode {
 }
 
 fn block_on(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -125,9 +137,13 @@ fn load_config(path: &std::path::Path) -> Option<Config> {
 }
 
 fn init_tracing(flag: Option<&str>, config: Option<&Config>) {
-    let level = config.map(|c| c.agent.log_level.clone()).unwrap_or_else(|| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let level = config
+        .map(|c| c.agent.log_level.clone())
+        .unwrap_or_else(|| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // The scheduler crate logs its own lifecycle at info; keep the agent's logs readable.
+        tracing_subscriber::EnvFilter::new(format!("{level},tokio_cron_scheduler=warn"))
+    });
     let json = match flag {
         Some(f) => f == "json",
         None => config.is_some_and(|c| c.agent.log_format == LogFormat::Json),
@@ -185,7 +201,7 @@ fn check(args: CheckArgs) -> ExitCode {
             client
                 .scm_list_certificates(&q)
                 .await
-                .map(|r| format!("credentials accepted, {} certificate(s)", r.total_count.unwrap_or(0)))
+                .map(|r| format!("credentials accepted, {} certificate(s)", r.total_count))
                 .map_err(|e| e.to_string()),
         );
         for cert in &config.certificates {
@@ -193,7 +209,7 @@ fn check(args: CheckArgs) -> ExitCode {
                 let what = format!("certificate {:?}: issuing CA {}", cert.name, pca.ca_id);
                 let result = match client.pca_show_ca(&pca.ca_id).await {
                     Ok(ca) => {
-                        let status = ca.status.as_ref().map(|s| s.to_string()).unwrap_or_default();
+                        let status = ca.status.as_str();
                         if status == "ACTIVED" {
                             Ok("active".to_owned())
                         } else {
@@ -302,7 +318,11 @@ fn renew(config: Config, args: RenewArgs) -> ExitCode {
         eprintln!(
             "error: {}: no managed certificate named {}",
             config.source_name,
-            unknown.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+            unknown
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -316,7 +336,10 @@ fn renew(config: Config, args: RenewArgs) -> ExitCode {
     block_on(async move {
         let client = daemon::build_client(&config, credentials, None)?;
         std::fs::create_dir_all(&config.agent.state_dir).with_context(|| {
-            format!("agent.state_dir: creating {}", config.agent.state_dir.display())
+            format!(
+                "agent.state_dir: creating {}",
+                config.agent.state_dir.display()
+            )
         })?;
         let renewer = Renewer::new(
             client,

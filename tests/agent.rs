@@ -18,7 +18,11 @@ async fn emulator_with_ca() -> (Emulator, String) {
         .expect("emulator");
     let shared = emu.shared().clone();
     let (_, sub) = tokio::task::spawn_blocking(move || {
-        ccm_agent::emulator::pca::ca::create_active_ca_pair(&shared, "agent test root", "agent test issuing CA")
+        ccm_agent::emulator::pca::ca::create_active_ca_pair(
+            &shared,
+            "agent test root",
+            "agent test issuing CA",
+        )
     })
     .await
     .expect("join")
@@ -90,7 +94,11 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
@@ -104,14 +112,18 @@ async fn wait_for<F: Fn() -> bool>(what: &str, limit: Duration, f: F) {
 
 fn fingerprint(path: &Path) -> Option<String> {
     let pem = std::fs::read_to_string(path).ok()?;
-    ccm_agent::pki::parse_cert(&pem).ok().map(|c| c.sha256_fingerprint_hex)
+    ccm_agent::pki::parse_cert(&pem)
+        .ok()
+        .map(|c| c.sha256_fingerprint_hex)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_installs_renews_and_reports() {
     let (emu, ca_id) = emulator_with_ca().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let text = config_text(dir.path(), &emu, &ca_id, &addr, "*/1 * * * * *");
     let config = Arc::new(Config::from_str(&text, "test.toml").expect("config"));
@@ -146,19 +158,44 @@ async fn daemon_installs_renews_and_reports() {
         assert!(web.join(f).exists(), "{f} installed");
     }
     let first = fingerprint(&web.join("cert.pem")).expect("cert parses");
-    let cert = ccm_agent::pki::parse_cert(&std::fs::read_to_string(web.join("cert.pem")).expect("read"))
-        .expect("parse");
-    assert_eq!(emu.shared().count_requests("pca.create_certificate_by_csr"), 1, "csr mode for web");
-    assert_eq!(emu.shared().count_requests("pca.create_certificate"), 1, "apply mode for api");
+    let cert =
+        ccm_agent::pki::parse_cert(&std::fs::read_to_string(web.join("cert.pem")).expect("read"))
+            .expect("parse");
+    assert_eq!(
+        emu.shared().count_requests("pca.create_certificate_by_csr"),
+        1,
+        "csr mode for web"
+    );
+    assert_eq!(
+        emu.shared().count_requests("pca.create_certificate"),
+        1,
+        "apply mode for api"
+    );
 
     let metrics = scrape(&addr).await;
-    let not_after = sample(&metrics, "ccm_agent_certificate_not_after_timestamp_seconds", &[("name", "web")])
-        .expect("not_after metric");
+    let not_after = sample(
+        &metrics,
+        "ccm_agent_certificate_not_after_timestamp_seconds",
+        &[("name", "web")],
+    )
+    .expect("not_after metric");
     assert_eq!(not_after as i64, cert.not_after.unix_timestamp());
-    let x509 = sample(&metrics, "x509_cert_not_after", &[("subject_CN", "web.test.internal")])
-        .expect("x509 exporter family");
+    let x509 = sample(
+        &metrics,
+        "x509_cert_not_after",
+        &[("subject_CN", "web.test.internal")],
+    )
+    .expect("x509 exporter family");
     assert_eq!(x509 as i64, cert.not_after.unix_timestamp());
-    assert!(sample(&metrics, "ccm_agent_api_requests_total", &[("service", "pca")]).unwrap_or(0.0) >= 1.0);
+    assert!(
+        sample(
+            &metrics,
+            "ccm_agent_api_requests_total",
+            &[("service", "pca")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
 
     // Cross the renewal point (2/3 of 30 days, minus at most the jitter): the next tick renews.
     emu.shared().advance_clock(time::Duration::days(21));
@@ -167,15 +204,28 @@ async fn daemon_installs_renews_and_reports() {
         fingerprint(&cert_path).is_some_and(|f| f != first)
     })
     .await;
-    assert_eq!(emu.shared().count_requests("pca.create_certificate_by_csr"), 2);
+    assert_eq!(
+        emu.shared().count_requests("pca.create_certificate_by_csr"),
+        2
+    );
     let metrics = scrape(&addr).await;
     assert!(
-        sample(&metrics, "ccm_agent_renewals_total", &[("name", "web"), ("result", "ok")]).unwrap_or(0.0) >= 1.0,
+        sample(
+            &metrics,
+            "ccm_agent_renewals_total",
+            &[("name", "web"), ("result", "ok")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
         "renewal counted"
     );
 
     let status = StatusFile::load(&dir.path().join("state")).expect("status file");
-    let web_status = status.certificates.iter().find(|c| c.name == "web").expect("web in status");
+    let web_status = status
+        .certificates
+        .iter()
+        .find(|c| c.name == "web")
+        .expect("web in status");
     assert!(web_status.next_renewal.is_some());
     assert!(web_status.last_error.is_none(), "{web_status:?}");
 
@@ -191,12 +241,19 @@ async fn daemon_installs_renews_and_reports() {
 async fn failures_are_counted_and_the_files_stay() {
     let (emu, ca_id) = emulator_with_ca().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let text = config_text(dir.path(), &emu, &ca_id, &addr, "*/1 * * * * *");
     let config = Arc::new(Config::from_str(&text, "test.toml").expect("config"));
     // Every PCA issuance fails with a 500 from the start.
-    emu.shared().add_fault(ccm_agent::emulator::FaultRule::error("pca.*", 500, "PCA.00010001"));
+    emu.shared()
+        .add_fault(ccm_agent::emulator::FaultRule::error(
+            "pca.*",
+            500,
+            "PCA.00010001",
+        ));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let shared = emu.shared().clone();
     let run = tokio::spawn(daemon::run(
@@ -216,24 +273,43 @@ async fn failures_are_counted_and_the_files_stay() {
             let text = r.text().await.unwrap_or_default();
             let failed: f64 = text
                 .lines()
-                .filter(|l| l.starts_with("ccm_agent_checks_total{") && l.contains("name=\"web\"") && !l.contains("result=\"ok\""))
+                .filter(|l| {
+                    l.starts_with("ccm_agent_checks_total{")
+                        && l.contains("name=\"web\"")
+                        && !l.contains("result=\"ok\"")
+                })
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum();
             if failed >= 1.0 {
                 break text;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "failure never counted");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "failure never counted"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(metrics.contains("ccm_agent_checks_total"), "{metrics}");
-    assert!(!dir.path().join("live/web/cert.pem").exists(), "nothing installed from a failure");
+    assert!(
+        !dir.path().join("live/web/cert.pem").exists(),
+        "nothing installed from a failure"
+    );
     let status = StatusFile::load(&dir.path().join("state")).expect("status");
-    let web = status.certificates.iter().find(|c| c.name == "web").expect("web");
+    let web = status
+        .certificates
+        .iter()
+        .find(|c| c.name == "web")
+        .expect("web");
     let err = web.last_error.as_deref().unwrap_or_default();
-    assert!(err.contains("web") || err.contains("PCA.00010001") || err.contains("500"), "{err}");
+    assert!(
+        err.contains("web") || err.contains("PCA.00010001") || err.contains("500"),
+        "{err}"
+    );
     shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), run).await.expect("stops");
+    let _ = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("stops");
 }
 
 fn bin() -> PathBuf {
@@ -272,12 +348,19 @@ fn systemd_notify_ready_status_watchdog_stopping() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let text = config_text(dir.path(), &emu, &ca_id, &format!("127.0.0.1:{port}"), "0 0 * * * *");
+    let text = config_text(
+        dir.path(),
+        &emu,
+        &ca_id,
+        &format!("127.0.0.1:{port}"),
+        "0 0 * * * *",
+    );
     let cfg = dir.path().join("agent.toml");
     std::fs::write(&cfg, text).expect("write config");
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
 
     let mut child = std::process::Command::new(bin())
         .args(["run", "--config"])
@@ -303,7 +386,9 @@ fn systemd_notify_ready_status_watchdog_stopping() {
         }
     }
     let pid = child.id().to_string();
-    let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline && !seen.iter().any(|m| m.contains("STOPPING=1")) {
         match sock.recv(&mut buf) {
@@ -314,11 +399,26 @@ fn systemd_notify_ready_status_watchdog_stopping() {
     let status = child.wait().expect("wait");
     drop(emu);
     let all = seen.join("|");
-    let ready_at = seen.iter().position(|m| m.contains("READY=1")).expect("READY=1 sent");
-    let status_at = seen.iter().position(|m| m.contains("STATUS=")).expect("STATUS= sent");
-    assert!(status_at <= ready_at, "the first pass reports STATUS before READY: {all}");
+    let ready_at = seen
+        .iter()
+        .position(|m| m.contains("READY=1"))
+        .expect("READY=1 sent");
+    let status_at = seen
+        .iter()
+        .position(|m| m.contains("STATUS="))
+        .expect("STATUS= sent");
+    assert!(
+        status_at <= ready_at,
+        "the first pass reports STATUS before READY: {all}"
+    );
     assert!(seen.iter().any(|m| m.contains("STATUS=2 managed")), "{all}");
-    assert!(seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2, "{all}");
-    assert!(seen.last().is_some_and(|m| m.contains("STOPPING=1")), "{all}");
+    assert!(
+        seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2,
+        "{all}"
+    );
+    assert!(
+        seen.last().is_some_and(|m| m.contains("STOPPING=1")),
+        "{all}"
+    );
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
 }

@@ -87,8 +87,8 @@ pub fn build_client(
     credentials: Credentials,
     metrics: Option<Arc<Metrics>>,
 ) -> anyhow::Result<Client> {
-    let mut builder = Client::builder(config.cloud.endpoints.clone(), credentials)
-        .timeout(config.cloud.timeout);
+    let mut builder =
+        Client::builder(config.cloud.endpoints.clone(), credentials).timeout(config.cloud.timeout);
     if let Some(bundle) = &config.cloud.ca_bundle {
         let pem = std::fs::read(bundle)
             .with_context(|| format!("cloud.ca_bundle: reading {}", bundle.display()))?;
@@ -243,8 +243,7 @@ impl Agent {
             }
         }
         if summary.failed == 0 {
-            self.metrics
-                .set_last_successful_check(self.clock.now());
+            self.metrics.set_last_successful_check(self.clock.now());
         }
         self.save_status();
         summary
@@ -266,7 +265,10 @@ impl Agent {
         };
         let now = self.clock.now();
         self.metrics.record_check(&report.name, "ok");
-        if matches!(report.action, Action::Renewed { .. } | Action::Reexported { .. }) {
+        if matches!(
+            report.action,
+            Action::Renewed { .. } | Action::Reexported { .. }
+        ) {
             self.metrics.record_renewal(&report.name, "ok", now);
         }
         if report.install_changed {
@@ -293,7 +295,8 @@ impl Agent {
                 }
             }
         }
-        self.metrics.set_cert_ready(&report.name, report.installed.is_some());
+        self.metrics
+            .set_cert_ready(&report.name, report.installed.is_some());
         self.metrics.set_scm_expiring_without_successor(
             &report.name,
             report.warnings.iter().any(|w| w.contains("no newer")),
@@ -303,7 +306,9 @@ impl Agent {
         }
         match &report.action {
             Action::None => tracing::debug!(certificate = %report.name, "nothing to do"),
-            other => tracing::info!(certificate = %report.name, action = ?other, "certificate updated"),
+            other => {
+                tracing::info!(certificate = %report.name, action = ?other, "certificate updated")
+            }
         }
         self.backoff
             .lock()
@@ -336,7 +341,8 @@ impl Agent {
         if kind == "filesystem" {
             self.metrics.record_install(&cert.name, kind);
         } else {
-            self.metrics.record_renewal(&cert.name, kind, self.clock.now());
+            self.metrics
+                .record_renewal(&cert.name, kind, self.clock.now());
         }
         let failures = {
             let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
@@ -351,11 +357,13 @@ impl Agent {
             failures
         };
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = status.entry(cert.name.clone()).or_insert_with(|| CertStatus {
-            name: cert.name.clone(),
-            source: source_name(cert).to_owned(),
-            ..CertStatus::default()
-        });
+        let entry = status
+            .entry(cert.name.clone())
+            .or_insert_with(|| CertStatus {
+                name: cert.name.clone(),
+                source: source_name(cert).to_owned(),
+                ..CertStatus::default()
+            });
         entry.last_check = Some(rfc3339(self.clock.now()));
         entry.last_result = kind.to_owned();
         entry.last_error = Some(format!("{e} (failure {failures} in a row)"));
@@ -413,7 +421,9 @@ impl Agent {
             .map(|(_, until)| until.saturating_duration_since(instant_now))
             .min()
             .unwrap_or(cap);
-        by_renewal.min(by_backoff).clamp(Duration::from_secs(1), cap)
+        by_renewal
+            .min(by_backoff)
+            .clamp(Duration::from_secs(1), cap)
     }
 
     pub fn readiness(&self) -> &Readiness {
@@ -428,6 +438,9 @@ pub fn source_name(cert: &ManagedCertificate) -> &'static str {
     }
 }
 
+/// Called with the summary of every pass.
+pub type CycleCallback = Box<dyn Fn(&CycleSummary) + Send + Sync>;
+
 /// How [`run`] is wired.
 pub struct RunOptions {
     pub clock: Clock,
@@ -436,7 +449,7 @@ pub struct RunOptions {
     pub metrics_listener: Option<tokio::net::TcpListener>,
     pub shutdown: CancellationToken,
     /// Called after every pass with its summary (the demo prints progress from it).
-    pub on_cycle: Option<Box<dyn Fn(&CycleSummary) + Send + Sync>>,
+    pub on_cycle: Option<CycleCallback>,
     /// systemd notifications (a no-op outside systemd).
     pub notifier: crate::systemd::Notifier,
 }

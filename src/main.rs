@@ -268,8 +268,8 @@ fn status(args: StatusArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!(
-        "{:<24} {:<6} {:<20} {:>9} {:<20} {}",
-        "NAME", "SOURCE", "NOT AFTER", "DAYS LEFT", "NEXT RENEWAL", "LAST RESULT"
+        "{:<24} {:<6} {:<20} {:>9} {:<20} LAST RESULT",
+        "NAME", "SOURCE", "NOT AFTER", "DAYS LEFT", "NEXT RENEWAL"
     );
     for r in &rows {
         let parse = |s: &Option<String>| {

@@ -401,7 +401,10 @@ fn check_target(p: &mut Problems, tkey: &str, t: &RawCloudTarget) -> Option<Clou
             let region = match &t.region {
                 Some(r) if valid_region(r) => Some(r.clone()),
                 Some(r) => {
-                    p.err(key("region"), format!("{r:?} is not a region name like ap-southeast-1"));
+                    p.err(
+                        key("region"),
+                        format!("{r:?} is not a region name like ap-southeast-1"),
+                    );
                     None
                 }
                 None => {
@@ -428,7 +431,10 @@ fn check_target(p: &mut Problems, tkey: &str, t: &RawCloudTarget) -> Option<Clou
                     );
                     ok = false;
                 } else if regions[..j].contains(r) {
-                    p.err(format!("{tkey}.regions[{j}]"), format!("{r:?} is listed twice"));
+                    p.err(
+                        format!("{tkey}.regions[{j}]"),
+                        format!("{r:?} is listed twice"),
+                    );
                     ok = false;
                 }
             }
@@ -554,7 +560,10 @@ mod tests {
     }
 
     fn keys(r: Result<DeploySpec, Vec<Problem>>) -> Vec<String> {
-        r.expect_err("problems").into_iter().map(|p| p.key).collect()
+        r.expect_err("problems")
+            .into_iter()
+            .map(|p| p.key)
+            .collect()
     }
 
     #[test]
@@ -671,13 +680,28 @@ mod tests {
 
     #[test]
     fn region_and_project_formats() {
-        for ok in ["ap-southeast-1", "cn-north-4", "my-kualalumpur-1", "cn-north-4_sub-1"] {
+        for ok in [
+            "ap-southeast-1",
+            "cn-north-4",
+            "my-kualalumpur-1",
+            "cn-north-4_sub-1",
+        ] {
             assert!(valid_region(ok), "{ok}");
         }
-        for bad in ["", "ap", "AP-southeast-1", "ap--1", "ap-southeast-1_", "a-1", "ap southeast"] {
+        for bad in [
+            "",
+            "ap",
+            "AP-southeast-1",
+            "ap--1",
+            "ap-southeast-1_",
+            "a-1",
+            "ap southeast",
+        ] {
             assert!(!valid_region(bad), "{bad}");
         }
         assert!(valid_enterprise_project_id("0"));
-        assert!(!valid_enterprise_project_id("2CB2878B-6cd1-460d-bd25-afe655159bdc"));
+        assert!(!valid_enterprise_project_id(
+            "2CB2878B-6cd1-460d-bd25-afe655159bdc"
+        ));
     }
 }

@@ -59,14 +59,14 @@ pub enum DeployError {
         name: String,
         scm_name: String,
         #[source]
-        source: CloudError,
+        source: Box<CloudError>,
     },
     #[error("certificate {name}: importing into SCM as {scm_name:?}: {source}")]
     Import {
         name: String,
         scm_name: String,
         #[source]
-        source: CloudError,
+        source: Box<CloudError>,
     },
 }
 
@@ -414,9 +414,9 @@ impl Leaf {
 
 /// Whether `unit` already has this certificate.
 fn is_done(st: &DeployState, unit: &Unit, fingerprint: &str, scm_id: Option<&str>) -> bool {
-    st.deployed.get(&unit.key()).is_some_and(|r| {
-        r.fingerprint == fingerprint && scm_id.is_none_or(|id| r.scm_id == id)
-    })
+    st.deployed
+        .get(&unit.key())
+        .is_some_and(|r| r.fingerprint == fingerprint && scm_id.is_none_or(|id| r.scm_id == id))
 }
 
 fn all_units(spec: &DeploySpec) -> Vec<(usize, Unit)> {
@@ -539,7 +539,11 @@ fn plan_lines(spec: &DeploySpec, m: &CertMaterial, leaf: &Leaf, st: &DeployState
     }
     if fixed.is_none() && !pending.is_empty() {
         let mut old: Vec<&ScmCopy> = st.superseded.iter().collect();
-        if let Some(c) = st.scm_copy.as_ref().filter(|c| c.fingerprint != leaf.sha256) {
+        if let Some(c) = st
+            .scm_copy
+            .as_ref()
+            .filter(|c| c.fingerprint != leaf.sha256)
+        {
             old.push(c);
         }
         for c in old {
@@ -562,10 +566,7 @@ fn plan_lines(spec: &DeploySpec, m: &CertMaterial, leaf: &Leaf, st: &DeployState
         .map(|(_, u)| u.label())
         .collect();
     if !unchanged.is_empty() && !pending.is_empty() {
-        lines.push(format!(
-            "unchanged, no call: {}",
-            unchanged.join("; ")
-        ));
+        lines.push(format!("unchanged, no call: {}", unchanged.join("; ")));
     }
     lines
 }
@@ -737,7 +738,11 @@ async fn ensure_copy(
     st: &mut DeployState,
     report: &mut DeployReport,
 ) -> Result<String, DeployError> {
-    if let Some(c) = st.scm_copy.as_ref().filter(|c| c.fingerprint == leaf.sha256) {
+    if let Some(c) = st
+        .scm_copy
+        .as_ref()
+        .filter(|c| c.fingerprint == leaf.sha256)
+    {
         report.copy = Some(CopyAction::Reused);
         return Ok(c.id.clone());
     }
@@ -746,7 +751,7 @@ async fn ensure_copy(
         .map_err(|source| DeployError::Lookup {
             name: m.name.clone(),
             scm_name: spec.scm_name.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let id = match found {
         Some(id) => {
@@ -769,7 +774,7 @@ async fn ensure_copy(
                 .map_err(|source| DeployError::Import {
                     name: m.name.clone(),
                     scm_name: spec.scm_name.clone(),
-                    source,
+                    source: Box::new(source),
                 })?
                 .certificate_id;
             tracing::info!(certificate = %m.name, scm_id = %id, scm_name = %spec.scm_name, "imported into SCM");
@@ -904,8 +909,10 @@ async fn run_round(
             }
             CloudTarget::BatchPush { .. } => {
                 for chunk in mine.chunks(MAX_BATCH_PUSH_REGIONS) {
-                    let regions: Vec<String> =
-                        chunk.iter().map(|&i| units[i].1.target().to_owned()).collect();
+                    let regions: Vec<String> = chunk
+                        .iter()
+                        .map(|&i| units[i].1.target().to_owned())
+                        .collect();
                     let body = BatchPushCertificateRequest {
                         target_projects: regions.clone(),
                         target_service: service,
@@ -915,15 +922,14 @@ async fn run_round(
                         Ok(resp) => {
                             for &i in chunk {
                                 let region = units[i].1.target();
-                                let outcome = match resp
-                                    .results
-                                    .iter()
-                                    .find(|x| x.project_name == region)
-                                {
-                                    Some(x) if x.succeeded() => Ok(()),
-                                    Some(x) => Err(x.message.clone()),
-                                    None => Err("no result for this region in the response".into()),
-                                };
+                                let outcome =
+                                    match resp.results.iter().find(|x| x.project_name == region) {
+                                        Some(x) if x.succeeded() => Ok(()),
+                                        Some(x) => Err(x.message.clone()),
+                                        None => {
+                                            Err("no result for this region in the response".into())
+                                        }
+                                    };
                                 round.outcomes.push((i, outcome));
                             }
                             None
@@ -948,8 +954,10 @@ async fn run_round(
             }
             CloudTarget::Deploy { project_name, .. } => {
                 for chunk in mine.chunks(MAX_DEPLOY_RESOURCES) {
-                    let resources: Vec<&Resource> =
-                        chunk.iter().filter_map(|&i| units[i].1.resource.as_ref()).collect();
+                    let resources: Vec<&Resource> = chunk
+                        .iter()
+                        .filter_map(|&i| units[i].1.resource.as_ref())
+                        .collect();
                     let body = DeployCertificateRequest {
                         project_name: project_name.clone(),
                         service_name: service,
@@ -960,14 +968,11 @@ async fn run_round(
                         Ok(resp) => {
                             for &i in chunk {
                                 let id = units[i].1.target();
-                                let outcome = match resp
-                                    .failure_list
-                                    .iter()
-                                    .find(|f| f.resource == id)
-                                {
-                                    Some(f) => Err(f.failure_info.clone()),
-                                    None => Ok(()),
-                                };
+                                let outcome =
+                                    match resp.failure_list.iter().find(|f| f.resource == id) {
+                                        Some(f) => Err(f.failure_info.clone()),
+                                        None => Ok(()),
+                                    };
                                 round.outcomes.push((i, outcome));
                             }
                             None
@@ -1010,7 +1015,10 @@ mod tests {
             ],
         };
         let keys: Vec<String> = units_of(&t).iter().map(Unit::key).collect();
-        assert_eq!(keys, vec!["deploy/WAF/cn-north-4/w1", "deploy/WAF/cn-north-4/w2"]);
+        assert_eq!(
+            keys,
+            vec!["deploy/WAF/cn-north-4/w1", "deploy/WAF/cn-north-4/w2"]
+        );
         let p = units_of(&CloudTarget::Push {
             service: TargetService::Elb,
             region: "cn-north-4".into(),

@@ -81,12 +81,10 @@ impl DeployStore {
         let path = self.path(name);
         match fsio::read_optional(&path)? {
             None => Ok(DeployState::default()),
-            Some(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| DeployError::StateFormat {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })
-            }
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| DeployError::StateFormat {
+                path: path.clone(),
+                message: e.to_string(),
+            }),
         }
     }
 
@@ -94,11 +92,10 @@ impl DeployStore {
     pub fn save(&self, name: &str, state: &DeployState) -> Result<(), DeployError> {
         fsio::create_private_dir(&self.dir)?;
         let path = self.path(name);
-        let mut bytes =
-            serde_json::to_vec_pretty(state).map_err(|e| DeployError::StateFormat {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+        let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| DeployError::StateFormat {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         bytes.push(b'\n');
         fsio::write_atomic(&path, &bytes, &FileAttrs::PRIVATE)?;
         Ok(())

@@ -726,3 +726,99 @@ async fn an_scm_certificate_is_pushed_by_id_without_import_or_delete() {
     assert_eq!(again.count("unchanged"), 2);
     assert!(f.shared().requests().is_empty());
 }
+
+#[tokio::test]
+async fn a_copy_deleted_behind_the_agents_back_is_imported_again() {
+    let f = Fixture::start().await;
+    let m = f.pca_material("lost.example").await;
+    let one = spec(vec![elb_deploy("ap-southeast-1", &["l1"])], 2);
+    let first = f.run(&one, &m).await;
+    let lost = first.scm_certificate_id.clone().expect("id");
+    f.client
+        .scm_delete_certificate(&lost)
+        .await
+        .expect("delete");
+
+    // A target added later needs the (now missing) copy: the run fails it, without retrying
+    // a copy that is gone, and forgets the copy.
+    let two = spec(vec![elb_deploy("ap-southeast-1", &["l1", "l2"])], 2);
+    let r = f.run(&two, &m).await;
+    assert_eq!(*outcome(&r, "l1"), UnitResult::Unchanged);
+    let UnitResult::Failed(msg) = outcome(&r, "l2") else {
+        panic!("{r:#?}");
+    };
+    assert!(msg.contains("SCM.0008"), "{msg}");
+    assert_eq!(r.calls.len(), 1, "no retry against a missing certificate");
+    assert_eq!(f.store.load(NAME).expect("state").scm_copy, None);
+
+    let r = f.run(&two, &m).await;
+    assert_eq!(r.copy, Some(CopyAction::Imported));
+    assert_eq!(*outcome(&r, "l2"), UnitResult::Deployed);
+    assert_eq!(f.scm_copies(SCM_NAME).len(), 1);
+}
+
+#[test]
+fn config_table_becomes_a_deploy_spec() {
+    use ccm_agent::config::{Config, ConfigError};
+    let base = |extra: &str| {
+        format!(
+            r#"
+[cloud]
+region = "ap-southeast-1"
+[defaults.output]
+base_dir = "/etc/ccm-agent/live"
+[defaults.pca]
+ca_id = "{EPS}"
+validity = {{ type = "DAY", value = 90 }}
+
+[[certificates]]
+name = "www"
+pca = {{ sans = ["dns:www.example.com"] }}
+[certificates.deploy]
+attempts = 2
+[[certificates.deploy.targets]]
+service = "WAF"
+project_name = "cn-north-4"
+resources = [{{ id = "w1", type = "premium", enterprise_project_id = "{EPS}" }}]
+[[certificates.deploy.targets]]
+service = "ELB"
+regions = ["ap-southeast-1", "cn-north-4"]
+
+[[certificates]]
+name = "api"
+pca = {{ sans = ["dns:api.example.com"] }}
+{extra}
+"#
+        )
+    };
+    let c = Config::from_str(&base(""), "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    let www = c.certificate("www").expect("www");
+    let d = www.deploy.as_ref().expect("deploy spec");
+    assert_eq!(d.scm_name, "ccm-agent-www");
+    assert_eq!(d.retry.attempts, 2);
+    assert_eq!(
+        d.targets,
+        vec![
+            CloudTarget::Deploy {
+                service: TargetService::Waf,
+                project_name: Some("cn-north-4".into()),
+                resources: vec![Resource::waf("w1", WafType::Premium, EPS)],
+            },
+            batch_push(TargetService::Elb, &["ap-southeast-1", "cn-north-4"]),
+        ]
+    );
+    assert_eq!(c.certificate("api").expect("api").deploy, None);
+
+    let clash = "[certificates.deploy]\nscm_name = \"ccm-agent-www\"\n[[certificates.deploy.targets]]\nservice = \"ELB\"\nregion = \"cn-north-4\"\n";
+    let err: ConfigError = Config::from_str(&base(clash), "t.toml").expect_err("clash");
+    assert!(err.mentions("certificates[1].deploy.scm_name"), "{err}");
+    let typo = "[certificates.deploy]\n[[certificates.deploy.targets]]\nservice = \"ELB\"\nregoin = \"cn-north-4\"\n";
+    let err = Config::from_str(&base(typo), "t.toml").expect_err("typo");
+    assert!(err.to_string().contains("regoin"), "{err}");
+    let waf = "[certificates.deploy]\n[[certificates.deploy.targets]]\nservice = \"WAF\"\nresources = [{ id = \"w\" }]\n";
+    let err = Config::from_str(&base(waf), "t.toml").expect_err("waf type");
+    assert!(
+        err.mentions("certificates[1].deploy.targets[0].resources[0].type"),
+        "{err}"
+    );
+}

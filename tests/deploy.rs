@@ -822,3 +822,42 @@ pca = {{ sans = ["dns:api.example.com"] }}
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_run_stopped_midway_keeps_what_it_deployed() {
+    let f = Fixture::start().await;
+    let spec = spec(
+        vec![
+            batch_push(TargetService::Elb, &["ap-southeast-1", "cn-north-4"]),
+            elb_deploy("ap-southeast-1", &["slow1"]),
+        ],
+        1,
+    );
+    let m = f.pca_material("stop.example").await;
+    let mut slow = FaultRule::new("scm.deploy_certificate");
+    slow.latency_ms = 5_000;
+    f.shared().add_fault(slow);
+    // Shutdown (or a crash) while the deploy call hangs: the batch-push is already recorded.
+    let stopped = tokio::time::timeout(
+        Duration::from_millis(1_500),
+        deploy::deploy_certificate(&f.client, &f.store, &spec, &m, false),
+    )
+    .await;
+    assert!(stopped.is_err(), "the run should still be waiting");
+    let st = f.store.load(NAME).expect("state");
+    let mut keys: Vec<&String> = st.deployed.keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec!["batch-push/ELB/ap-southeast-1", "batch-push/ELB/cn-north-4"]
+    );
+
+    f.shared().clear_faults();
+    f.shared().clear_requests();
+    let r = f.run(&spec, &m).await;
+    assert!(r.is_complete(), "{r:#?}");
+    assert_eq!(r.count("unchanged"), 2);
+    assert_eq!(f.shared().count_requests("scm.batch_push_certificate"), 0);
+    assert_eq!(f.shared().count_requests("scm.import_certificate"), 0);
+    assert_eq!(r.copy, Some(CopyAction::Reused));
+}

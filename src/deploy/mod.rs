@@ -468,7 +468,7 @@ fn plan_lines(spec: &DeploySpec, m: &CertMaterial, leaf: &Leaf, st: &DeployState
     };
     if pending.is_empty() {
         lines.push(format!(
-            "nothing to deploy: all {} targets already have certificate sha256 {short}",
+            "nothing to deploy: all {} regions/resources already have certificate sha256 {short}",
             units.len()
         ));
     } else if fixed.is_none() {
@@ -484,58 +484,52 @@ fn plan_lines(spec: &DeploySpec, m: &CertMaterial, leaf: &Leaf, st: &DeployState
             )),
         }
     }
-    for (ti, target) in spec.targets.iter().enumerate() {
-        let todo: Vec<&Unit> = pending
+    let pending_idx: Vec<usize> = units
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, u))| !is_done(st, u, &leaf.sha256, fixed))
+        .map(|(i, _)| i)
+        .collect();
+    let calls = plan_calls(spec, &units, &pending_idx);
+    for (n, call) in calls.iter().enumerate() {
+        let of = calls
             .iter()
-            .filter(|(i, _)| *i == ti)
-            .map(|(_, u)| u)
+            .filter(|c| c.target_index == call.target_index)
+            .count();
+        let nth = calls[..n]
+            .iter()
+            .filter(|c| c.target_index == call.target_index)
+            .count()
+            + 1;
+        let svc = call.service.as_str();
+        let targets: Vec<String> = call
+            .units
+            .iter()
+            .map(|&i| {
+                let u = &units[i].1;
+                match &u.resource {
+                    Some(Resource {
+                        id,
+                        waf_type: Some(t),
+                        enterprise_project_id: Some(e),
+                    }) => format!("{id}({} eps={e})", t.as_str()),
+                    _ => u.target().to_owned(),
+                }
+            })
             .collect();
-        if todo.is_empty() {
-            continue;
-        }
-        let svc = target.service().as_str();
-        match target {
-            CloudTarget::Push { .. } => {
-                for u in todo {
-                    lines.push(format!(
-                        "POST /v3/scm/certificates/{id}/push {svc} region={}",
-                        u.target()
-                    ));
-                }
-            }
-            CloudTarget::BatchPush { .. } => {
-                let chunks: Vec<&[&Unit]> = todo.chunks(MAX_BATCH_PUSH_REGIONS).collect();
-                for (n, chunk) in chunks.iter().enumerate() {
-                    let regions: Vec<&str> = chunk.iter().map(|u| u.target()).collect();
-                    lines.push(format!(
-                        "POST /v3/scm/certificates/{id}/batch-push {svc} regions=[{}] (call {} of {})",
-                        regions.join(","),
-                        n + 1,
-                        chunks.len()
-                    ));
-                }
-            }
-            CloudTarget::Deploy { project_name, .. } => {
-                let chunks: Vec<&[&Unit]> = todo.chunks(MAX_DEPLOY_RESOURCES).collect();
-                for (n, chunk) in chunks.iter().enumerate() {
-                    let resources: Vec<String> = chunk
-                        .iter()
-                        .filter_map(|u| u.resource.as_ref())
-                        .map(|r| match (&r.waf_type, &r.enterprise_project_id) {
-                            (Some(t), Some(e)) => format!("{}({} eps={e})", r.id, t.as_str()),
-                            _ => r.id.clone(),
-                        })
-                        .collect();
-                    lines.push(format!(
-                        "POST /v3/scm/certificates/{id}/deploy {svc} project={} resources=[{}] (call {} of {})",
-                        project_name.as_deref().unwrap_or("-"),
-                        resources.join(","),
-                        n + 1,
-                        chunks.len()
-                    ));
-                }
-            }
-        }
+        let path = format!("POST /v3/scm/certificates/{id}/{}", call.action.as_str());
+        lines.push(match call.action {
+            Action::Push => format!("{path} {svc} region={}", targets.join(",")),
+            Action::BatchPush => format!(
+                "{path} {svc} regions=[{}] (call {nth} of {of})",
+                targets.join(",")
+            ),
+            Action::Deploy => format!(
+                "{path} {svc} project={} resources=[{}] (call {nth} of {of})",
+                call.project.as_deref().unwrap_or("-"),
+                targets.join(",")
+            ),
+        });
     }
     if fixed.is_none() && !pending.is_empty() {
         let mut old: Vec<&ScmCopy> = st.superseded.iter().collect();
@@ -658,46 +652,53 @@ pub async fn deploy_certificate(
     };
     report.scm_certificate_id = Some(scm_id.clone());
 
-    for attempt in 1..=spec.retry.attempts {
+    for attempt in 1..=spec.retry.attempts.max(1) {
         if attempt > 1 {
             let delay = retry_delay(attempt - 1, &spec.retry);
             tracing::info!(certificate = %material.name, failed = todo.len(), ?delay, attempt, "retrying failed deploy targets");
             tokio::time::sleep(delay).await;
         }
-        let round = run_round(client, &scm_id, spec, &units, &todo, &mut report.calls).await;
         let mut failed = Vec::new();
-        let mut changed = false;
-        for (i, outcome) in round.outcomes {
-            attempts[i] = attempt;
-            match outcome {
-                Ok(()) => {
-                    st.deployed.insert(
-                        units[i].1.key(),
-                        DeployedRecord {
-                            fingerprint: leaf.sha256.clone(),
-                            scm_id: scm_id.clone(),
-                        },
-                    );
-                    changed = true;
-                    results[i] = UnitResult::Deployed;
-                }
-                Err(msg) => {
-                    tracing::warn!(certificate = %material.name, target = %units[i].1.label(), attempt, error = %msg, "deploy target failed");
-                    results[i] = UnitResult::Failed(msg);
-                    failed.push(i);
+        let mut copy_lost = false;
+        for call in plan_calls(spec, &units, &todo) {
+            let sent = send(client, &scm_id, &call, &units).await;
+            report.calls.push(sent.record);
+            let mut changed = false;
+            for (i, outcome) in sent.outcomes {
+                attempts[i] = attempt;
+                match outcome {
+                    Ok(()) => {
+                        st.deployed.insert(
+                            units[i].1.key(),
+                            DeployedRecord {
+                                fingerprint: leaf.sha256.clone(),
+                                scm_id: scm_id.clone(),
+                            },
+                        );
+                        changed = true;
+                        results[i] = UnitResult::Deployed;
+                    }
+                    Err(msg) => {
+                        tracing::warn!(certificate = %material.name, target = %units[i].1.label(), attempt, error = %msg, "deploy target failed");
+                        results[i] = UnitResult::Failed(msg);
+                        failed.push(i);
+                    }
                 }
             }
+            if sent.copy_lost && fixed.is_none() && st.scm_copy.is_some() {
+                // The copy this agent imported is gone from SCM: import again next run.
+                st.scm_copy = None;
+                changed = true;
+            }
+            copy_lost |= sent.copy_lost;
+            // Saved after every call: a crash or shutdown never repeats a billed deploy.
+            if changed {
+                store.save(&material.name, &st)?;
+            }
         }
-        if round.copy_lost && fixed.is_none() {
-            // The copy this agent imported is gone from SCM: import again next run.
-            st.scm_copy = None;
-            changed = true;
-        }
-        if changed {
-            store.save(&material.name, &st)?;
-        }
+        failed.sort_unstable();
         todo = failed;
-        if todo.is_empty() || round.copy_lost {
+        if todo.is_empty() || copy_lost {
             break;
         }
     }
@@ -858,146 +859,143 @@ async fn cleanup(
     store.save(name, st)
 }
 
-struct Round {
+/// One push, batch-push or deploy call to be made.
+#[derive(Debug)]
+struct PlannedCall {
+    target_index: usize,
+    action: Action,
+    service: TargetService,
+    /// Deploy only.
+    project: Option<String>,
+    /// Indexes into the unit list: one region (push), ≤ 10 regions (batch-push), ≤ 20
+    /// resources (deploy).
+    units: Vec<usize>,
+}
+
+/// The calls for the units in `todo`, target by target, in configuration order; used both to
+/// send and to print a dry run, so the two never differ.
+fn plan_calls(spec: &DeploySpec, units: &[(usize, Unit)], todo: &[usize]) -> Vec<PlannedCall> {
+    let mut calls = Vec::new();
+    for (ti, target) in spec.targets.iter().enumerate() {
+        let mut mine: Vec<usize> = todo.iter().copied().filter(|&i| units[i].0 == ti).collect();
+        mine.sort_unstable();
+        let (action, size, project) = match target {
+            CloudTarget::Push { .. } => (Action::Push, 1, None),
+            CloudTarget::BatchPush { .. } => (Action::BatchPush, MAX_BATCH_PUSH_REGIONS, None),
+            CloudTarget::Deploy { project_name, .. } => {
+                (Action::Deploy, MAX_DEPLOY_RESOURCES, project_name.clone())
+            }
+        };
+        for chunk in mine.chunks(size) {
+            calls.push(PlannedCall {
+                target_index: ti,
+                action,
+                service: target.service(),
+                project: project.clone(),
+                units: chunk.to_vec(),
+            });
+        }
+    }
+    calls
+}
+
+struct Sent {
+    record: CallRecord,
     /// Unit index → success or the failure message.
     outcomes: Vec<(usize, Result<(), String>)>,
-    /// A call said the SCM certificate does not exist.
+    /// The call said the SCM certificate does not exist.
     copy_lost: bool,
 }
 
-/// One call per push region, per 10 batch-push regions, per 20 deploy resources, for the
-/// units in `todo`, target by target.
-async fn run_round(
-    client: &Client,
-    scm_id: &str,
-    spec: &DeploySpec,
-    units: &[(usize, Unit)],
-    todo: &[usize],
-    calls: &mut Vec<CallRecord>,
-) -> Round {
-    let mut round = Round {
-        outcomes: Vec::new(),
-        copy_lost: false,
+async fn send(client: &Client, scm_id: &str, call: &PlannedCall, units: &[(usize, Unit)]) -> Sent {
+    let service = call.service;
+    let targets: Vec<String> = call
+        .units
+        .iter()
+        .map(|&i| units[i].1.target().to_owned())
+        .collect();
+    // Per unit: Ok, or the message from results[] / failure_list[]; Err: the whole call failed.
+    let answer: Result<Vec<Result<(), String>>, CloudError> = match call.action {
+        Action::Push => {
+            let body = PushCertificateRequest {
+                target_project: targets.first().cloned().unwrap_or_default(),
+                target_service: service,
+            };
+            client
+                .scm_push_certificate(scm_id, &body)
+                .await
+                .map(|()| vec![Ok(())])
+        }
+        Action::BatchPush => {
+            let body = BatchPushCertificateRequest {
+                target_projects: targets.clone(),
+                target_service: service,
+            };
+            client
+                .scm_batch_push_certificate(scm_id, &body)
+                .await
+                .map(|resp| {
+                    targets
+                        .iter()
+                        .map(|region| {
+                            match resp.results.iter().find(|x| &x.project_name == region) {
+                                Some(x) if x.succeeded() => Ok(()),
+                                Some(x) => Err(x.message.clone()),
+                                None => Err("no result for this region in the response".into()),
+                            }
+                        })
+                        .collect()
+                })
+        }
+        Action::Deploy => {
+            let body = DeployCertificateRequest {
+                project_name: call.project.clone(),
+                service_name: service,
+                resources: call
+                    .units
+                    .iter()
+                    .filter_map(|&i| units[i].1.resource.as_ref())
+                    .map(Resource::to_api)
+                    .collect(),
+            };
+            client
+                .scm_deploy_certificate(scm_id, &body)
+                .await
+                .map(|resp| {
+                    targets
+                        .iter()
+                        .map(
+                            |id| match resp.failure_list.iter().find(|f| &f.resource == id) {
+                                Some(f) => Err(f.failure_info.clone()),
+                                None => Ok(()),
+                            },
+                        )
+                        .collect()
+                })
+        }
     };
-    for (ti, target) in spec.targets.iter().enumerate() {
-        let mine: Vec<usize> = todo.iter().copied().filter(|&i| units[i].0 == ti).collect();
-        if mine.is_empty() {
-            continue;
+    let (per_unit, error, copy_lost) = match answer {
+        Ok(v) => (v, None, false),
+        Err(e) => {
+            let msg = e.to_string();
+            (
+                vec![Err(msg.clone()); call.units.len()],
+                Some(msg),
+                scm::is_not_found(&e),
+            )
         }
-        let service = target.service();
-        match target {
-            CloudTarget::Push { .. } => {
-                for i in mine {
-                    let region = units[i].1.target().to_owned();
-                    let body = PushCertificateRequest {
-                        target_project: region.clone(),
-                        target_service: service,
-                    };
-                    let r = client.scm_push_certificate(scm_id, &body).await;
-                    let err = r.err();
-                    round.copy_lost |= err.as_ref().is_some_and(scm::is_not_found);
-                    let msg = err.map(|e| e.to_string());
-                    calls.push(CallRecord {
-                        action: Action::Push,
-                        service,
-                        certificate_id: scm_id.to_owned(),
-                        targets: vec![region],
-                        error: msg.clone(),
-                    });
-                    round.outcomes.push((i, msg.map_or(Ok(()), Err)));
-                }
-            }
-            CloudTarget::BatchPush { .. } => {
-                for chunk in mine.chunks(MAX_BATCH_PUSH_REGIONS) {
-                    let regions: Vec<String> = chunk
-                        .iter()
-                        .map(|&i| units[i].1.target().to_owned())
-                        .collect();
-                    let body = BatchPushCertificateRequest {
-                        target_projects: regions.clone(),
-                        target_service: service,
-                    };
-                    let r = client.scm_batch_push_certificate(scm_id, &body).await;
-                    let error = match r {
-                        Ok(resp) => {
-                            for &i in chunk {
-                                let region = units[i].1.target();
-                                let outcome =
-                                    match resp.results.iter().find(|x| x.project_name == region) {
-                                        Some(x) if x.succeeded() => Ok(()),
-                                        Some(x) => Err(x.message.clone()),
-                                        None => {
-                                            Err("no result for this region in the response".into())
-                                        }
-                                    };
-                                round.outcomes.push((i, outcome));
-                            }
-                            None
-                        }
-                        Err(e) => {
-                            round.copy_lost |= scm::is_not_found(&e);
-                            let msg = e.to_string();
-                            round
-                                .outcomes
-                                .extend(chunk.iter().map(|&i| (i, Err(msg.clone()))));
-                            Some(msg)
-                        }
-                    };
-                    calls.push(CallRecord {
-                        action: Action::BatchPush,
-                        service,
-                        certificate_id: scm_id.to_owned(),
-                        targets: regions,
-                        error,
-                    });
-                }
-            }
-            CloudTarget::Deploy { project_name, .. } => {
-                for chunk in mine.chunks(MAX_DEPLOY_RESOURCES) {
-                    let resources: Vec<&Resource> = chunk
-                        .iter()
-                        .filter_map(|&i| units[i].1.resource.as_ref())
-                        .collect();
-                    let body = DeployCertificateRequest {
-                        project_name: project_name.clone(),
-                        service_name: service,
-                        resources: resources.iter().map(|r| r.to_api()).collect(),
-                    };
-                    let r = client.scm_deploy_certificate(scm_id, &body).await;
-                    let error = match r {
-                        Ok(resp) => {
-                            for &i in chunk {
-                                let id = units[i].1.target();
-                                let outcome =
-                                    match resp.failure_list.iter().find(|f| f.resource == id) {
-                                        Some(f) => Err(f.failure_info.clone()),
-                                        None => Ok(()),
-                                    };
-                                round.outcomes.push((i, outcome));
-                            }
-                            None
-                        }
-                        Err(e) => {
-                            round.copy_lost |= scm::is_not_found(&e);
-                            let msg = e.to_string();
-                            round
-                                .outcomes
-                                .extend(chunk.iter().map(|&i| (i, Err(msg.clone()))));
-                            Some(msg)
-                        }
-                    };
-                    calls.push(CallRecord {
-                        action: Action::Deploy,
-                        service,
-                        certificate_id: scm_id.to_owned(),
-                        targets: resources.iter().map(|r| r.id.clone()).collect(),
-                        error,
-                    });
-                }
-            }
-        }
+    };
+    Sent {
+        record: CallRecord {
+            action: call.action,
+            service,
+            certificate_id: scm_id.to_owned(),
+            targets,
+            error,
+        },
+        outcomes: call.units.iter().copied().zip(per_unit).collect(),
+        copy_lost,
     }
-    round
 }
 
 #[cfg(test)]

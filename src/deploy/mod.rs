@@ -18,6 +18,16 @@
 //! fingerprint, so a crash between import and state write does not leave a second copy.
 //! A certificate that already lives in SCM is pushed/deployed by its id; nothing is imported
 //! or deleted.
+//!
+//! # Use
+//! ```text
+//! let store = DeployStore::new(&state_dir);                 // <state_dir>/deploy/<name>.json
+//! let m = CertMaterial::local(name, cert_pem, chain_pem, key); // or CertMaterial::scm(name, id, cert_pem)
+//! let report = deploy_certificate(&client, &store, spec, &m, dry_run).await?;
+//! for (service, action, target, result) in report.metric_rows() { /* counters */ }
+//! ```
+//! Calling it on every check (not only after a renewal) is cheap: with nothing to do it reads
+//! the state file and sends nothing, and units that failed last time are retried.
 
 pub mod config;
 pub mod state;

@@ -8,12 +8,15 @@
 //!   the watch loop).
 //! - [`install`]: verify before swap, atomic durable install of cert/chain/key, rollback.
 //! - [`pki`]: key generation, X.509 building, signing and parsing shared by both.
+//! - [`deploy`]: pushing renewed certificates to ELB / WAF through SCM (push, batch-push,
+//!   deploy), never twice for the same certificate.
 //! - [`config`]: the agent's TOML configuration, validated into typed settings.
 //! - [`metrics`]: Prometheus metrics, the readiness latch, `/metrics` `/healthz` `/readyz`.
 
 pub mod agent;
 pub mod cloud;
 pub mod config;
+pub mod deploy;
 pub mod emulator;
 pub mod install;
 pub mod metrics;

@@ -107,6 +107,9 @@ fn full_example_documents_every_key() {
         "[[certificates]]\n[certificates.pca]",
         "[[certificates]]\n[certificates.scm]",
         "[[certificates]]\n[certificates.output]",
+        "[[certificates]]\n[certificates.deploy]",
+        "[[certificates]]\n[[certificates.deploy.targets]]",
+        "[[certificates]]\n[[certificates.deploy.targets]]\n[[certificates.deploy.targets.resources]]",
     ];
     let mut missing = Vec::new();
     for table in tables {

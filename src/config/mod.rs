@@ -365,6 +365,8 @@ pub struct ManagedCertificate {
     pub source: CertificateSource,
     pub renew: RenewPolicy,
     pub output: Output,
+    /// Cloud targets (`[certificates.deploy]`); `None` when not configured.
+    pub deploy: Option<crate::deploy::DeploySpec>,
 }
 
 // Built once per configuration load: the size difference does not matter.
@@ -1813,6 +1815,7 @@ fn check_certificates(c: &mut Checker, raw: &RawConfig) -> Vec<ManagedCertificat
     }
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut paths: HashMap<PathBuf, String> = HashMap::new();
+    let mut scm_names: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::new();
     for (i, cert) in raw.certificates.iter().enumerate() {
         let prefix = format!("certificates[{i}]");
@@ -1841,6 +1844,17 @@ fn check_certificates(c: &mut Checker, raw: &RawConfig) -> Vec<ManagedCertificat
                         format!("{} is also written by {other}", path.display()),
                     );
                 }
+            }
+            if let (Some(d), CertificateSource::Pca(_)) = (&cert.deploy, &cert.source)
+                && let Some(first) = scm_names.insert(d.scm_name.clone(), i)
+            {
+                c.err(
+                    format!("{prefix}.deploy.scm_name"),
+                    format!(
+                        "{:?} is also the SCM name of certificates[{first}]",
+                        d.scm_name
+                    ),
+                );
             }
             out.push(cert);
         }
@@ -1997,11 +2011,22 @@ fn check_certificate(
         output,
         defaults_output,
     );
+    let deploy = match &raw.deploy {
+        Some(d) => match crate::deploy::check(prefix, name.as_deref().unwrap_or("_"), d) {
+            Ok(spec) => Some(Some(spec)),
+            Err(problems) => {
+                c.problems.extend(problems);
+                None
+            }
+        },
+        None => Some(None),
+    };
     Some(ManagedCertificate {
         name: name?,
         source: source?,
         renew,
         output: output?,
+        deploy: deploy?,
     })
 }
 

@@ -119,6 +119,8 @@ pub struct RawCertificate {
     pub scm: Option<RawScm>,
     #[serde(default)]
     pub output: RawOutput,
+    /// `[certificates.deploy]`: cloud targets (ELB / WAF through SCM).
+    pub deploy: Option<crate::deploy::RawDeploy>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]

@@ -7,6 +7,8 @@
 //! - [`agent`]: the daemon: renewal planning ([`agent::plan`]), issuance journal (and, later,
 //!   the watch loop).
 //! - [`install`]: verify before swap, atomic durable install of cert/chain/key, rollback.
+//! - [`reload`]: after an install: hooks, server config test and reload, the served-certificate
+//!   check over TLS, rollback.
 //! - [`pki`]: key generation, X.509 building, signing and parsing shared by both.
 //! - [`config`]: the agent's TOML configuration, validated into typed settings.
 
@@ -16,3 +18,4 @@ pub mod config;
 pub mod emulator;
 pub mod install;
 pub mod pki;
+pub mod reload;

@@ -107,6 +107,9 @@ fn full_example_documents_every_key() {
         "[[certificates]]\n[certificates.pca]",
         "[[certificates]]\n[certificates.scm]",
         "[[certificates]]\n[certificates.output]",
+        "[[certificates]]\n[[certificates.reload]]",
+        "[[certificates]]\n[[certificates.verify]]",
+        "[[certificates]]\n[certificates.hooks]",
     ];
     let mut missing = Vec::new();
     for table in tables {

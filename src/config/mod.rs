@@ -365,6 +365,8 @@ pub struct ManagedCertificate {
     pub source: CertificateSource,
     pub renew: RenewPolicy,
     pub output: Output,
+    /// What to run and check after the files changed (empty: nothing).
+    pub reload: crate::reload::ReloadPlan,
 }
 
 // Built once per configuration load: the size difference does not matter.
@@ -1997,11 +1999,21 @@ fn check_certificate(
         output,
         defaults_output,
     );
+    let reload = crate::reload::config::check(
+        &format!("{prefix}."),
+        &raw.reload,
+        &raw.verify,
+        raw.verify_timeout.as_ref(),
+        raw.hooks.as_ref(),
+    );
+    c.problems.extend(reload.problems);
+    c.warnings.extend(reload.warnings);
     Some(ManagedCertificate {
         name: name?,
         source: source?,
         renew,
         output: output?,
+        reload: reload.plan,
     })
 }
 

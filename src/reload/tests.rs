@@ -326,6 +326,27 @@ async fn verify_mismatch_rolls_back_and_reloads_again() {
         msg.contains("previous files restored, reloaded, old certificate NOT served"),
         "{msg}"
     );
+
+    let registry = prometheus::Registry::new();
+    let m = ReloadMetrics::register(&registry).unwrap();
+    m.observe("www", &Err(e));
+    assert_eq!(
+        m.reloads.with_label_values(&["www", "verify_failed"]).get(),
+        1
+    );
+    assert_eq!(m.reloads.with_label_values(&["www", "success"]).get(), 0);
+    assert_eq!(
+        m.rollbacks.with_label_values(&["www", "incomplete"]).get(),
+        1
+    );
+    assert_eq!(m.served_match.with_label_values(&["www"]).get(), 0);
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    assert!(
+        text.contains(r#"ccm_agent_reloads_total{certificate="www",result="verify_failed"} 1"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -371,6 +392,16 @@ async fn failed_reload_command_rolls_back_with_its_stderr() {
     assert_eq!(e.rollback.old_served, Some(Ok(())));
     assert!(e.rollback.complete());
     assert!(!dir.path().join("deployed").exists());
+    let registry = prometheus::Registry::new();
+    let m = ReloadMetrics::register(&registry).unwrap();
+    m.observe("www", &Err(e));
+    assert_eq!(
+        m.reloads.with_label_values(&["www", "reload_failed"]).get(),
+        1
+    );
+    assert_eq!(m.rollbacks.with_label_values(&["www", "complete"]).get(), 1);
+    // Served again: the old certificate, which is the installed one after the rollback.
+    assert_eq!(m.served_match.with_label_values(&["www"]).get(), 1);
 }
 
 #[tokio::test]

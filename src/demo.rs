@@ -110,6 +110,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("--metrics-listen {}", args.metrics_listen))?;
+    let metrics_addr = listener.local_addr()?;
 
     let speed = i64::from(args.speed.max(1));
     let clock_shared = shared.clone();
@@ -126,7 +127,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("ccm-agent demo is running (emulator at {}, clock x{speed}).", emulator.base_url());
     println!("  configuration:  {}", config_path.display());
     println!("  certificates:   {}/live/<name>/{{cert,chain,fullchain,privkey}}.pem", dir.display());
-    println!("  metrics:        http://{}/metrics   (also /healthz, /readyz)", args.metrics_listen);
+    println!("  metrics:        http://{metrics_addr}/metrics   (also /healthz, /readyz)");
     println!(
         "  status:         CCM_EMULATOR_SK=... ccm-agent status --config {}",
         config_path.display()
@@ -176,6 +177,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             metrics_listener: Some(listener),
             shutdown,
             on_cycle: Some(Box::new(on_cycle)),
+            notifier: ccm_agent::systemd::Notifier::disabled(),
         },
     )
     .await?;

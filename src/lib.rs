@@ -11,11 +11,14 @@
 //!   check over TLS, rollback.
 //! - [`pki`]: key generation, X.509 building, signing and parsing shared by both.
 //! - [`config`]: the agent's TOML configuration, validated into typed settings.
+//! - [`metrics`]: Prometheus metrics, the readiness latch, `/metrics` `/healthz` `/readyz`.
 
 pub mod agent;
 pub mod cloud;
 pub mod config;
 pub mod emulator;
 pub mod install;
+pub mod metrics;
 pub mod pki;
 pub mod reload;
+pub mod systemd;

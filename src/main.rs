@@ -67,6 +67,7 @@ fn main() -> ExitCode {
                         metrics_listener: listener,
                         shutdown,
                         on_cycle: None,
+                        notifier: ccm_agent::systemd::Notifier::from_env(),
                     },
                 )
                 .await?;

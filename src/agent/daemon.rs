@@ -18,7 +18,7 @@ use super::clock::Clock;
 use super::renew::{CheckOptions, CheckReport, RenewError, Renewer};
 use crate::cloud::{Client, Credentials};
 use crate::config::{CertificateSource, Config, ManagedCertificate};
-use crate::metrics::{Metrics, Readiness};
+use crate::metrics::{CertificateFacts, Metrics, Readiness};
 
 /// File in the state directory where the agent records the last outcome of every certificate.
 pub const STATUS_FILE: &str = "status.json";
@@ -120,6 +120,8 @@ pub struct CycleSummary {
     pub failed: usize,
     pub skipped_backoff: usize,
     pub warnings: usize,
+    /// The earliest renewal time among the certificates (agent clock).
+    pub next_renewal: Option<OffsetDateTime>,
 }
 
 impl std::fmt::Display for CycleSummary {
@@ -227,6 +229,10 @@ impl Agent {
                     if report.install_changed {
                         summary.changed += 1;
                     }
+                    summary.next_renewal = match (summary.next_renewal, report.next_renewal) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                     summary.warnings += report.warnings.len();
                     self.record_ok(&report);
                 }
@@ -267,8 +273,25 @@ impl Agent {
             self.metrics.record_install(&report.name, "ok");
         }
         if let Some(installed) = &report.installed {
-            self.metrics
-                .set_certificate(&report.name, report.source, &installed.facts(), now);
+            // Metrics describe what is on disk, read back from the file itself.
+            let path = &installed.cert_path;
+            match std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| crate::pki::parse_cert(&pem).map_err(|e| e.to_string()))
+            {
+                Ok(info) => {
+                    self.metrics.set_read_error(&report.name, false);
+                    self.metrics.set_certificate(
+                        &report.name,
+                        report.source,
+                        &CertificateFacts::from_cert(&info, Some(path)),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(certificate = %report.name, path = %path.display(), error = %e, "cannot read the installed certificate back");
+                    self.metrics.set_read_error(&report.name, true);
+                }
+            }
         }
         self.metrics.set_cert_ready(&report.name, report.installed.is_some());
         self.metrics.set_scm_expiring_without_successor(
@@ -310,11 +333,10 @@ impl Agent {
         let kind = e.kind();
         tracing::error!(certificate = %cert.name, kind, error = %e, "certificate check failed; the files in place are unchanged");
         self.metrics.record_check(&cert.name, kind);
-        if e.during_renewal() {
-            self.metrics.record_renewal(&cert.name, kind, self.clock.now());
-        }
-        if e.during_install() {
+        if kind == "filesystem" {
             self.metrics.record_install(&cert.name, kind);
+        } else {
+            self.metrics.record_renewal(&cert.name, kind, self.clock.now());
         }
         let failures = {
             let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
@@ -362,6 +384,38 @@ impl Agent {
         summary.to_string()
     }
 
+    /// How long until the next certificate-specific wake-up (renewal time or end of a backoff),
+    /// between 1 s and 1 h; the cron schedule covers everything else.
+    pub fn next_wake(&self) -> Duration {
+        let cap = Duration::from_secs(3600);
+        let now = self.clock.now();
+        let by_renewal = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|s| s.next_renewal.as_deref())
+            .filter_map(|t| {
+                OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            // A time already past was handled by the last pass (renewed, failed into backoff,
+            // or waiting for SCM to hold a newer certificate): it must not spin the loop.
+            .filter(|t| *t > now)
+            .map(|t| Duration::try_from(t - now).unwrap_or(Duration::ZERO))
+            .min()
+            .unwrap_or(cap);
+        let instant_now = Instant::now();
+        let by_backoff = self
+            .backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(_, until)| until.saturating_duration_since(instant_now))
+            .min()
+            .unwrap_or(cap);
+        by_renewal.min(by_backoff).clamp(Duration::from_secs(1), cap)
+    }
+
     pub fn readiness(&self) -> &Readiness {
         &self.readiness
     }
@@ -383,6 +437,8 @@ pub struct RunOptions {
     pub shutdown: CancellationToken,
     /// Called after every pass with its summary (the demo prints progress from it).
     pub on_cycle: Option<Box<dyn Fn(&CycleSummary) + Send + Sync>>,
+    /// systemd notifications (a no-op outside systemd).
+    pub notifier: crate::systemd::Notifier,
 }
 
 /// Run the agent until `shutdown` is cancelled.
@@ -391,7 +447,7 @@ pub async fn run(
     credentials: Credentials,
     opts: RunOptions,
 ) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
+    let metrics = Metrics::with_clock(opts.clock.clone());
     let readiness = Readiness::new();
     let client = build_client(&config, credentials, Some(metrics.clone()))?;
     let agent = Arc::new(Agent::new(
@@ -416,28 +472,48 @@ pub async fn run(
     let tick = Arc::new(tokio::sync::Notify::new());
     let scheduler = start_scheduler(config.agent.schedule.expression(), tick.clone()).await?;
 
+    let notifier = opts.notifier.clone();
+    let mut watchdog = notifier.watchdog_interval().map(|every| {
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     agent.resume().await;
     if config.agent.check_on_start {
-        let summary = agent.check_all(CheckOptions::default()).await;
+        let summary = run_cycle(&agent, watchdog.as_mut(), &notifier).await;
         tracing::info!(%summary, "startup check finished");
         if let Some(cb) = &opts.on_cycle {
             cb(&summary);
         }
     }
+    // Ready: configuration loaded, metrics listener bound, first check finished.
     readiness.set_ready(true);
+    notifier.ready();
 
     loop {
-        tokio::select! {
-            _ = opts.shutdown.cancelled() => break,
-            _ = tick.notified() => {
-                let summary = agent.check_all(CheckOptions::default()).await;
-                tracing::info!(%summary, "scheduled check finished");
-                if let Some(cb) = &opts.on_cycle {
-                    cb(&summary);
-                }
+        // Besides the schedule, wake at the earliest certificate renewal time and when a
+        // failed certificate's backoff ends.
+        let wake = agent.next_wake();
+        let sleep = tokio::time::sleep(wake);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = opts.shutdown.cancelled() => break,
+                _ = tick.notified() => break,
+                _ = &mut sleep => break,
+                _ = next_watchdog(watchdog.as_mut()) => notifier.watchdog(),
             }
         }
+        if opts.shutdown.is_cancelled() {
+            break;
+        }
+        let summary = run_cycle(&agent, watchdog.as_mut(), &notifier).await;
+        tracing::info!(%summary, "check finished");
+        if let Some(cb) = &opts.on_cycle {
+            cb(&summary);
+        }
     }
+    notifier.stopping();
     tracing::info!("shutting down");
     let mut scheduler = scheduler;
     let _ = scheduler.shutdown().await;
@@ -445,6 +521,34 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     }
     Ok(())
+}
+
+/// One pass over the certificates, feeding the systemd watchdog while it runs (the loop is
+/// alive as long as it is making progress here), then STATUS= with the summary.
+async fn run_cycle(
+    agent: &Agent,
+    mut watchdog: Option<&mut tokio::time::Interval>,
+    notifier: &crate::systemd::Notifier,
+) -> CycleSummary {
+    let check = agent.check_all(CheckOptions::default());
+    tokio::pin!(check);
+    let summary = loop {
+        tokio::select! {
+            s = &mut check => break s,
+            _ = next_watchdog(watchdog.as_deref_mut()) => notifier.watchdog(),
+        }
+    };
+    notifier.status(&summary.to_string());
+    summary
+}
+
+async fn next_watchdog(watchdog: Option<&mut tokio::time::Interval>) {
+    match watchdog {
+        Some(w) => {
+            w.tick().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 async fn start_scheduler(

@@ -3,3 +3,4 @@
 pub mod clock;
 pub mod journal;
 pub mod plan;
+pub mod renew;

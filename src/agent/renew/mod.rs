@@ -1,0 +1,520 @@
+//! The renewal engine: for one managed certificate, compares what is on disk, what the cloud
+//! holds and what the policy says, then issues (PCA), re-exports (SCM) or re-installs, always
+//! through [`install::verify_candidate`] and [`install::install`], so a bad candidate never
+//! replaces the files in place.
+//!
+//! # What a check does
+//! - **PCA** ([`pca`]): a pending journal entry from an earlier run is finished first (adopt the
+//!   issued id; after an unknown-outcome create, reconcile by listing before issuing again).
+//!   Then: a missing, unreadable, mismatched or replaced file set is re-installed from the last
+//!   good copy kept in the state directory (or the cloud); a certificate that is due
+//!   ([`plan::decide`] with this host's [`plan::jitter_unit`]), revoked in PCA, or no longer
+//!   matching the configuration (CA, mode, names) is renewed. Superseded certificates are revoked
+//!   (reason SUPERSEDED) once their grace period has passed; a failed revocation is a warning.
+//! - **SCM** ([`scm`]): the configured id, or the newest valid certificate with the configured
+//!   name or domain, is exported and installed when it is not the one installed; when the chosen
+//!   certificate is due for renewal and nothing newer exists, the report carries a warning (it
+//!   is not an error: only whoever imports certificates into SCM can fix it).
+//!
+//! # Concurrency
+//! One check per name at a time (an async lock per name). A forced check that had to wait while
+//! another check of the same name renewed or installed is no longer forced: two simultaneous
+//! `renew --force` give one issuance.
+//!
+//! # Outputs the configuration leaves out
+//! [`install::install`] writes a full set. A `cert`, `chain` or `fullchain` file the
+//! configuration does not want is written under `<state>/renew/unwritten/<name>/` instead.
+//! PKCS#12 output is not written yet (a warning says so).
+
+pub mod error;
+mod pca;
+pub mod record;
+mod scm;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use time::OffsetDateTime;
+
+pub use error::RenewError;
+pub use scm::{SCM_EXPIRED_DAYS_SINCE, ScmCandidates};
+
+use crate::agent::clock::Clock;
+use crate::agent::journal::Journal;
+use crate::agent::plan;
+use crate::cloud::Client;
+use crate::config::{CertificateSource, ManagedCertificate, Owner};
+use crate::install::{
+    self, Candidate, Expectations, FileSpec, InstallOutcome, InstalledState, OutputPaths,
+    Principal, Role, StateDir, VerifiedBundle,
+};
+use crate::pki;
+use record::{CertRecord, Records};
+
+/// How a check runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// Renew (PCA) or re-export (SCM) even when nothing is due.
+    pub force: bool,
+    /// Only report what would be requested and written; change nothing, create nothing.
+    pub dry_run: bool,
+}
+
+/// What a check did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing was needed.
+    None,
+    /// PCA issued a new certificate, now installed.
+    Renewed { cloud_id: String },
+    /// An SCM certificate (a newer one, or the configured one) was exported and installed.
+    Reexported { cloud_id: String },
+    /// The files on disk were repaired with the certificate already issued.
+    Reinstalled { reason: String },
+    /// Dry run: what would have been done, in order.
+    WouldDo(Vec<PlannedStep>),
+}
+
+impl Action {
+    /// A short label for logs and metrics: `none`, `renewed`, `reexported`, `reinstalled`,
+    /// `dry_run`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Action::None => "none",
+            Action::Renewed { .. } => "renewed",
+            Action::Reexported { .. } => "reexported",
+            Action::Reinstalled { .. } => "reinstalled",
+            Action::WouldDo(_) => "dry_run",
+        }
+    }
+}
+
+/// One step a dry run would take, in words: `POST /v1/private-certificates/csr issuer_id=…`,
+/// `write /etc/x/cert.pem (0644)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedStep(pub String);
+
+impl fmt::Display for PlannedStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The certificate on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertSummary {
+    /// SHA-256 of the DER, upper-case hex.
+    pub fingerprint_sha256: String,
+    /// Upper-case hex.
+    pub serial: String,
+    pub subject_cn: Option<String>,
+    pub issuer_cn: Option<String>,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub cert_path: PathBuf,
+}
+
+/// The outcome of one check.
+#[derive(Clone, Debug)]
+pub struct CheckReport {
+    pub name: String,
+    /// `pca` or `scm`.
+    pub source: &'static str,
+    pub action: Action,
+    /// What is on disk after the check (`None` when nothing valid is).
+    pub installed: Option<CertSummary>,
+    /// When this host renews next (PCA), or when the SCM certificate is due; `None` when
+    /// unknown or already due.
+    pub next_renewal: Option<OffsetDateTime>,
+    /// Things an operator should know that did not fail the check.
+    pub warnings: Vec<String>,
+    /// Whether any output file changed (the daemon reloads consumers when it did).
+    pub install_changed: bool,
+}
+
+impl CheckReport {
+    fn new(name: &str, source: &'static str) -> Self {
+        CheckReport {
+            name: name.to_string(),
+            source,
+            action: Action::None,
+            installed: None,
+            next_renewal: None,
+            warnings: Vec::new(),
+            install_changed: false,
+        }
+    }
+}
+
+/// Per-name lock, and a counter bumped after every check that changed the files.
+#[derive(Default)]
+struct Slot {
+    lock: tokio::sync::Mutex<()>,
+    changes: AtomicU64,
+}
+
+/// The renewal engine. Share one per process (`Arc<Renewer>`); checks of different names run
+/// concurrently.
+pub struct Renewer {
+    client: Client,
+    state: StateDir,
+    journal: Journal,
+    records: Records,
+    clock: Clock,
+    host_id: String,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    scm_snapshot: Mutex<Option<scm::Snapshot>>,
+}
+
+impl fmt::Debug for Renewer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Renewer")
+            .field("state", &self.state)
+            .field("host_id", &self.host_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Renewer {
+    /// Opens the state directory (creating it, 0700), the journal, and completes or reverts any
+    /// install a crash interrupted ([`install::recover`]).
+    pub fn new(
+        client: Client,
+        state_dir: &Path,
+        clock: Clock,
+        host_id: String,
+    ) -> Result<Self, RenewError> {
+        let state = StateDir::new(state_dir);
+        let fs_err = |e: install::FsError| RenewError::State {
+            name: "(all)".into(),
+            path: state_dir.to_path_buf(),
+            detail: e.to_string(),
+        };
+        if !state_dir.is_dir() {
+            install::fsio::create_private_dir(state_dir).map_err(fs_err)?;
+        }
+        let journal =
+            Journal::open(state.journal_dir()).map_err(|e| RenewError::journal("(all)", e))?;
+        install::recover(&state).map_err(RenewError::install)?;
+        Ok(Renewer {
+            client,
+            records: Records::new(state_dir),
+            state,
+            journal,
+            clock,
+            host_id,
+            slots: Mutex::new(HashMap::new()),
+            scm_snapshot: Mutex::new(None),
+        })
+    }
+
+    pub fn state_dir(&self) -> &StateDir {
+        &self.state
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    fn slot(&self, name: &str) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Looks at one managed certificate and renews, re-exports or re-installs it when needed
+    /// (or when forced). See the module doc.
+    pub async fn check(
+        &self,
+        cert: &ManagedCertificate,
+        opts: CheckOptions,
+    ) -> Result<CheckReport, RenewError> {
+        let slot = self.slot(&cert.name);
+        let seen = slot.changes.load(Ordering::SeqCst);
+        let _guard = slot.lock.lock().await;
+        let mut opts = opts;
+        if opts.force && !opts.dry_run && slot.changes.load(Ordering::SeqCst) != seen {
+            tracing::info!(certificate = %cert.name, "a concurrent check just renewed it; not forcing again");
+            opts.force = false;
+        }
+        let result = match &cert.source {
+            CertificateSource::Pca(src) => self.check_pca(cert, src, opts).await,
+            CertificateSource::Scm(sel) => self.check_scm(cert, sel, opts).await,
+        };
+        if let Ok(r) = &result
+            && r.install_changed
+        {
+            slot.changes.fetch_add(1, Ordering::SeqCst);
+        }
+        result
+    }
+
+    /// Finishes the issuances a crash left in the journal, for the configured certificates that
+    /// have one (adopting issued ids, reconciling unknown outcomes). Certificates without a
+    /// pending entry are not checked and have no entry in the result. Entries for names no
+    /// longer configured are left alone (and logged).
+    pub async fn resume(
+        &self,
+        certs: &[ManagedCertificate],
+    ) -> Vec<Result<CheckReport, RenewError>> {
+        let pending = match self.journal.all_pending() {
+            Ok(p) => p,
+            Err(e) => return vec![Err(RenewError::journal("(all)", e))],
+        };
+        let mut out = Vec::new();
+        for p in pending {
+            match certs.iter().find(|c| c.name == p.name) {
+                Some(cert) => out.push(self.check(cert, CheckOptions::default()).await),
+                None => tracing::warn!(
+                    certificate = %p.name,
+                    ticket = %p.ticket,
+                    "pending issuance for a certificate that is no longer configured; left in the journal"
+                ),
+            }
+        }
+        out
+    }
+
+    // ---- shared helpers ----
+
+    fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    fn jitter_unit(&self, name: &str) -> f64 {
+        plan::jitter_unit(&self.host_id, name)
+    }
+
+    /// Where the files go; parts the configuration leaves out go under the state directory.
+    fn output_paths(&self, cert: &ManagedCertificate) -> OutputPaths {
+        let spare = self.unwritten_dir(&cert.name);
+        let out = &cert.output;
+        OutputPaths {
+            cert: out.cert.clone().unwrap_or_else(|| spare.join("cert.pem")),
+            chain: out.chain.clone().unwrap_or_else(|| spare.join("chain.pem")),
+            fullchain: out
+                .fullchain
+                .clone()
+                .unwrap_or_else(|| spare.join("fullchain.pem")),
+            key: out.key.clone(),
+            pkcs12: None,
+        }
+    }
+
+    fn unwritten_dir(&self, name: &str) -> PathBuf {
+        self.records
+            .dir()
+            .join("unwritten")
+            .join(install::encode_name(name))
+    }
+
+    fn file_spec(cert: &ManagedCertificate) -> FileSpec {
+        let principal = |o: &Owner| match o {
+            Owner::Name(n) => Principal::Name(n.clone()),
+            Owner::Id(i) => Principal::Id(*i),
+        };
+        FileSpec {
+            owner: cert.output.owner.as_ref().map(principal),
+            group: cert.output.group.as_ref().map(principal),
+            cert_mode: cert.output.mode,
+            key_mode: cert.output.key_mode,
+        }
+    }
+
+    fn common_warnings(cert: &ManagedCertificate, report: &mut CheckReport) {
+        if let Some(p) = &cert.output.pkcs12 {
+            report.warnings.push(format!(
+                "pkcs12 output {} is not written: PKCS#12 is not supported yet",
+                p.path.display()
+            ));
+        }
+    }
+
+    /// The dry-run steps of an install.
+    fn plan_install_steps(&self, cert: &ManagedCertificate, steps: &mut Vec<PlannedStep>) {
+        let paths = self.output_paths(cert);
+        let mode = cert.output.mode;
+        let key_mode = cert.output.key_mode;
+        steps.push(PlannedStep(
+            "verify: parses, valid now, key matches, chain leads to the issuer, names covered"
+                .into(),
+        ));
+        for (path, m, configured) in [
+            (&paths.key, key_mode, true),
+            (&paths.chain, mode, cert.output.chain.is_some()),
+            (&paths.cert, mode, cert.output.cert.is_some()),
+            (&paths.fullchain, mode, cert.output.fullchain.is_some()),
+        ] {
+            let note = if configured {
+                ""
+            } else {
+                " [not configured: kept in the state directory]"
+            };
+            steps.push(PlannedStep(format!(
+                "write {} ({m:04o}){note}",
+                path.display()
+            )));
+        }
+    }
+
+    /// Verifies a candidate and installs it (on a blocking thread that runs to completion even
+    /// if this future is dropped), creating missing output directories first.
+    async fn verify_and_install(
+        &self,
+        cert: &ManagedCertificate,
+        candidate: Candidate,
+        names: Vec<String>,
+        trust: Option<String>,
+    ) -> Result<(VerifiedBundle, InstallOutcome), RenewError> {
+        let expectations = Expectations {
+            names,
+            trust,
+            now: self.now(),
+        };
+        let bundle =
+            install::verify_candidate(&candidate, &expectations).map_err(RenewError::install)?;
+        let outcome = self.install_bundle(cert, bundle.clone()).await?;
+        Ok((bundle, outcome))
+    }
+
+    async fn install_bundle(
+        &self,
+        cert: &ManagedCertificate,
+        bundle: VerifiedBundle,
+    ) -> Result<InstallOutcome, RenewError> {
+        let paths = self.output_paths(cert);
+        let spec = Self::file_spec(cert);
+        let state = self.state.clone();
+        let name = cert.name.clone();
+        let unwritten = self.unwritten_dir(&cert.name);
+        let needs_spare = cert.output.cert.is_none()
+            || cert.output.chain.is_none()
+            || cert.output.fullchain.is_none();
+        let join = tokio::task::spawn_blocking(move || {
+            if needs_spare && !unwritten.is_dir() {
+                install::fsio::create_private_dir(&unwritten).map_err(|source| {
+                    install::InstallError::Fs {
+                        name: name.clone(),
+                        source,
+                    }
+                })?;
+            }
+            for p in [&paths.cert, &paths.chain, &paths.fullchain, &paths.key] {
+                let dir = install::fsio::parent_dir(p);
+                if !dir.exists() {
+                    std::fs::create_dir_all(dir).map_err(|e| install::InstallError::Fs {
+                        name: name.clone(),
+                        source: install::FsError::new("create directory", dir, e),
+                    })?;
+                }
+            }
+            install::install(&bundle, &paths, &spec, &state)
+        })
+        .await;
+        match join {
+            Ok(r) => r.map_err(RenewError::install),
+            Err(e) => Err(RenewError::State {
+                name: cert.name.clone(),
+                path: self.state.cert_dir(&cert.name),
+                detail: format!("install task failed: {e}"),
+            }),
+        }
+    }
+
+    /// Re-installs the last good version kept in the state directory, if it is the certificate
+    /// the record says was installed. `Ok(None)` when there is no such copy.
+    async fn reinstall_last_good(
+        &self,
+        cert: &ManagedCertificate,
+        record: &CertRecord,
+        names: Vec<String>,
+    ) -> Result<Option<InstallOutcome>, RenewError> {
+        let Some(want) = record.fingerprint_sha256.as_deref() else {
+            return Ok(None);
+        };
+        let Some(good) =
+            install::last_good(&self.state, &cert.name).map_err(RenewError::install)?
+        else {
+            return Ok(None);
+        };
+        let text = |role| {
+            good.file(role)
+                .map(|f| String::from_utf8_lossy(f.contents()).into_owned())
+        };
+        let (Some(cert_pem), Some(key_pem)) = (text(Role::Cert), text(Role::Key)) else {
+            return Ok(None);
+        };
+        let matches = pki::parse_cert(&cert_pem)
+            .map(|c| c.sha256_fingerprint_hex.eq_ignore_ascii_case(want))
+            .unwrap_or(false);
+        if !matches {
+            return Ok(None);
+        }
+        let candidate = Candidate {
+            name: cert.name.clone(),
+            cert_pem,
+            chain_pem: text(Role::Chain).unwrap_or_default(),
+            key_pem,
+        };
+        // The chain was checked against the issuer when this copy was first installed; here it
+        // only has to be internally consistent.
+        let (_, outcome) = self
+            .verify_and_install(cert, candidate, names, None)
+            .await?;
+        Ok(Some(outcome))
+    }
+
+    /// What is on disk now, for the report.
+    fn summary(&self, cert: &ManagedCertificate) -> Option<CertSummary> {
+        let paths = self.output_paths(cert);
+        if !matches!(install::read_installed(&paths), InstalledState::Present(_)) {
+            return None;
+        }
+        let text = std::fs::read_to_string(&paths.cert).ok()?;
+        let info = pki::parse_cert(&text).ok()?;
+        Some(CertSummary {
+            fingerprint_sha256: info.sha256_fingerprint_hex,
+            serial: info.serial_hex,
+            subject_cn: info.subject.common_name,
+            issuer_cn: info.issuer.common_name,
+            not_before: info.not_before,
+            not_after: info.not_after,
+            cert_path: paths.cert,
+        })
+    }
+}
+
+/// A readable description of what is wrong with the files on disk.
+fn describe_disk(state: &InstalledState) -> String {
+    match state {
+        InstalledState::Missing { path } => format!("{} is missing", path.display()),
+        InstalledState::Unreadable { path, error } => {
+            format!("{} is unreadable: {error}", path.display())
+        }
+        InstalledState::Unparsable { path, detail } => {
+            format!("{} does not parse: {detail}", path.display())
+        }
+        InstalledState::KeyMismatch { cert, key } => format!(
+            "the key {} does not match the certificate {}",
+            key.display(),
+            cert.display()
+        ),
+        InstalledState::Inconsistent { path, detail } => {
+            format!("{} is inconsistent: {detail}", path.display())
+        }
+        InstalledState::Present(c) => format!("certificate {} present", c.serial_hex),
+    }
+}
+
+/// Days in a duration, rounded to the nearest whole day, for messages.
+fn days(d: time::Duration) -> i64 {
+    (d.whole_seconds() + 43_200).div_euclid(86_400)
+}
+
+/// RFC 3339, for messages.
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}

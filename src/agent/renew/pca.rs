@@ -1,0 +1,1005 @@
+//! PCA: issue (CSR or apply mode), adopt what the journal says was issued, reconcile after an
+//! unknown-outcome create, re-install from the last good copy, revoke superseded certificates.
+//!
+//! # Crash safety
+//! Before a create call leaves the host the journal holds the attempt (and, in CSR mode, the
+//! key). A 4xx or a refusal that certainly had no effect abandons the entry; a timeout, a 5xx or
+//! an unreadable answer leaves it `requested`, and the next check reconciles: it lists this CA's
+//! certificates with the common name, created since the request (minus [`RECONCILE_SLACK`] for
+//! clock skew), not the installed or superseded one, of the same generation mode, and in CSR
+//! mode whose public key is the stored key's. A match is adopted; otherwise the same key is sent
+//! again. In apply mode the newest match is taken: another host applying for the same common
+//! name at the same moment could be mistaken for ours (the API has no request tag to tell them
+//! apart); CSR mode has no such ambiguity.
+
+use std::collections::HashSet;
+
+use super::record::{CertRecord, Superseded};
+use super::{Action, CheckOptions, CheckReport, PlannedStep, RenewError, Renewer, describe_disk};
+use crate::agent::journal::{IssueMode, Pending};
+use crate::agent::plan::{self, Decision, Lifetime};
+use crate::cloud::CloudError;
+use crate::cloud::pca::ca::CaStatus;
+use crate::cloud::pca::cert::{
+    ApplyCertificateRequest, CertificateSortKey, CertificateStatus, CsrCertificateRequest,
+    ExportType, ExtendedKeyUsage as ApiEku, ListCertificatesQuery, RevokeReason, SortDir,
+    SubjectAlternativeName,
+};
+use crate::config::{
+    ExtendedKeyUsage, ManagedCertificate, PcaMode, PcaSource, SubjectAltName, ValidityUnit,
+};
+use crate::install::{self, Candidate, InstalledState};
+use crate::pki;
+
+/// How far before the journaled request time a reconciled certificate may have been created
+/// (clock skew between this host and PCA).
+pub const RECONCILE_SLACK: time::Duration = time::Duration::minutes(10);
+/// How many recent certificates with the common name reconciliation looks at.
+const RECONCILE_PAGE: u32 = 50;
+
+const STEP_CSR: &str = "issue (POST /v1/private-certificates/csr)";
+const STEP_APPLY: &str = "issue (POST /v1/private-certificates)";
+
+/// What a PCA certificate needs.
+enum Need {
+    Nothing,
+    Issue(String),
+    Reinstall(String),
+}
+
+fn issue_mode(mode: PcaMode) -> IssueMode {
+    match mode {
+        PcaMode::Csr => IssueMode::Csr,
+        PcaMode::Apply => IssueMode::Apply,
+    }
+}
+
+fn mode_str(mode: PcaMode) -> &'static str {
+    match mode {
+        PcaMode::Csr => "csr",
+        PcaMode::Apply => "apply",
+    }
+}
+
+/// The names the certificate must cover: the configured DNS and IP SANs, or the common name
+/// when there are none.
+fn required_names(src: &PcaSource) -> Vec<String> {
+    let names: Vec<String> = src
+        .sans
+        .iter()
+        .filter(|s| matches!(s, SubjectAltName::Dns(_) | SubjectAltName::Ip(_)))
+        .map(SubjectAltName::value)
+        .collect();
+    if names.is_empty() {
+        vec![src.subject.common_name.clone()]
+    } else {
+        names
+    }
+}
+
+fn api_sans(src: &PcaSource) -> Vec<SubjectAlternativeName> {
+    src.sans
+        .iter()
+        .map(|s| match s {
+            SubjectAltName::Dns(v) => SubjectAlternativeName::dns(v),
+            SubjectAltName::Ip(ip) => SubjectAlternativeName::ip(ip.to_string()),
+            SubjectAltName::Email(v) => SubjectAlternativeName::email(v),
+            SubjectAltName::Uri(v) => SubjectAlternativeName::uri(v),
+        })
+        .collect()
+}
+
+fn apply_request(src: &PcaSource) -> ApplyCertificateRequest {
+    let mut body = ApplyCertificateRequest::new(
+        &src.ca_id,
+        &src.subject.common_name,
+        src.key_algorithm.as_str(),
+        src.signature_algorithm.as_str(),
+        src.validity.to_api(),
+    );
+    body.distinguished_name = src.subject.to_api();
+    body.subject_alternative_names = api_sans(src);
+    if !src.key_usages.is_empty() {
+        body.key_usages = Some(
+            src.key_usages
+                .iter()
+                .map(|k| k.as_str().to_string())
+                .collect(),
+        );
+    }
+    if !src.extended_key_usage.is_empty() {
+        let mut eku = ApiEku::default();
+        for e in &src.extended_key_usage {
+            match e {
+                ExtendedKeyUsage::ServerAuth => eku.server_auth = true,
+                ExtendedKeyUsage::ClientAuth => eku.client_auth = true,
+                ExtendedKeyUsage::CodeSigning => eku.code_signing = true,
+                ExtendedKeyUsage::EmailProtection => eku.email_protection = true,
+                ExtendedKeyUsage::TimeStamping => eku.time_stamping = true,
+            }
+        }
+        body.extended_key_usage = Some(eku);
+    }
+    body
+}
+
+fn sans_text(src: &PcaSource) -> String {
+    if src.sans.is_empty() {
+        return "(none)".into();
+    }
+    src.sans
+        .iter()
+        .map(|s| format!("{}:{}", s.api_type(), s.value()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Whether a failed create certainly created nothing (so the journal entry can go).
+fn create_certainly_failed(e: &CloudError) -> bool {
+    e.certainly_not_processed()
+        || matches!(e, CloudError::Invalid(_))
+        || matches!(e.status(), Some(s) if (400..500).contains(&s))
+}
+
+impl Renewer {
+    pub(super) async fn check_pca(
+        &self,
+        cert: &ManagedCertificate,
+        src: &PcaSource,
+        opts: CheckOptions,
+    ) -> Result<CheckReport, RenewError> {
+        let name = cert.name.as_str();
+        let mut report = CheckReport::new(name, "pca");
+        Self::common_warnings(cert, &mut report);
+
+        if let Some(p) = self
+            .journal
+            .pending(name)
+            .map_err(|e| RenewError::journal(name, e))?
+        {
+            if opts.dry_run {
+                let mut steps = vec![PlannedStep(match &p.cloud_certificate_id {
+                    Some(id) => format!(
+                        "adopt certificate {id} issued by an earlier run (journal ticket {})",
+                        p.ticket
+                    ),
+                    None => format!(
+                        "reconcile the request of {} (journal ticket {}): GET /v1/private-certificates name={} sort_key=create_time, adopt a match or issue again",
+                        p.requested_at, p.ticket, src.subject.common_name
+                    ),
+                })];
+                steps.push(PlannedStep(
+                    "POST /v1/private-certificates/{id}/export type=OTHER".into(),
+                ));
+                self.plan_install_steps(cert, &mut steps);
+                report.action = Action::WouldDo(steps);
+                report.installed = self.summary(cert);
+                return Ok(report);
+            }
+            if p.mode == issue_mode(src.mode) {
+                return self.finish_pending(cert, src, p, report).await;
+            }
+            report.warnings.push(format!(
+                "abandoned the pending {:?}-mode issuance (ticket {}): the certificate is now configured for {} mode",
+                p.mode,
+                p.ticket,
+                mode_str(src.mode)
+            ));
+            self.journal
+                .abandon(name)
+                .map_err(|e| RenewError::journal(name, e))?;
+        }
+
+        let mut record = self.records.load(name)?;
+        if opts.dry_run {
+            self.plan_revocations(&record, &mut report);
+        } else {
+            self.revoke_superseded(cert, &mut record, &mut report).await;
+        }
+
+        match self.pca_need(cert, src, &record, opts, &mut report).await? {
+            Need::Nothing => {
+                report.installed = self.summary(cert);
+                Ok(report)
+            }
+            Need::Issue(reason) => {
+                if opts.dry_run {
+                    let mut steps = match std::mem::replace(&mut report.action, Action::None) {
+                        Action::WouldDo(revocations) => revocations,
+                        _ => Vec::new(),
+                    };
+                    steps.extend(self.plan_issue(cert, src, &record, &reason));
+                    report.action = Action::WouldDo(steps);
+                    report.installed = self.summary(cert);
+                    return Ok(report);
+                }
+                self.issue(cert, src, record, &reason, report, None).await
+            }
+            Need::Reinstall(reason) => {
+                if opts.dry_run {
+                    let mut steps = vec![PlannedStep(format!(
+                        "re-install the last good copy of certificate {} ({reason})",
+                        record.cloud_id.as_deref().unwrap_or("?")
+                    ))];
+                    self.plan_install_steps(cert, &mut steps);
+                    report.action = Action::WouldDo(steps);
+                    report.installed = self.summary(cert);
+                    return Ok(report);
+                }
+                self.reinstall(cert, src, record, reason, report).await
+            }
+        }
+    }
+
+    /// Decides what the certificate needs (see the module doc of `renew`).
+    async fn pca_need(
+        &self,
+        cert: &ManagedCertificate,
+        src: &PcaSource,
+        record: &CertRecord,
+        opts: CheckOptions,
+        report: &mut CheckReport,
+    ) -> Result<Need, RenewError> {
+        if opts.force {
+            return Ok(Need::Issue("forced".into()));
+        }
+        let paths = self.output_paths(cert);
+        let installed = match install::read_installed(&paths) {
+            InstalledState::Present(c) => c,
+            other => {
+                let what = describe_disk(&other);
+                return Ok(if record.fingerprint_sha256.is_some() {
+                    Need::Reinstall(what)
+                } else {
+                    Need::Issue(format!("no certificate installed: {what}"))
+                });
+            }
+        };
+        match record.fingerprint_sha256.as_deref() {
+            Some(fp) if fp.eq_ignore_ascii_case(&installed.fingerprint_sha256) => {}
+            Some(_) => {
+                return Ok(Need::Reinstall(format!(
+                    "the certificate on disk (serial {}) is not the one the agent installed",
+                    installed.serial_hex
+                )));
+            }
+            None => {
+                return Ok(Need::Issue(format!(
+                    "no record of issuing the certificate on disk (serial {})",
+                    installed.serial_hex
+                )));
+            }
+        }
+        if record.ca_id.as_deref() != Some(src.ca_id.as_str()) {
+            return Ok(Need::Issue(format!(
+                "the issuing CA changed from {} to {}",
+                record.ca_id.as_deref().unwrap_or("(unknown)"),
+                src.ca_id
+            )));
+        }
+        if record.mode.as_deref() != Some(mode_str(src.mode)) {
+            return Ok(Need::Issue(format!(
+                "the mode changed to {}",
+                mode_str(src.mode)
+            )));
+        }
+        if let Ok(text) = std::fs::read_to_string(&paths.cert)
+            && let Ok(info) = pki::parse_cert(&text)
+        {
+            let missing: Vec<String> = required_names(src)
+                .into_iter()
+                .filter(|n| !install::names_covered(&info, n))
+                .collect();
+            if !missing.is_empty() {
+                return Ok(Need::Issue(format!(
+                    "the installed certificate does not cover {}",
+                    missing.join(", ")
+                )));
+            }
+        }
+        if let Some(id) = &record.cloud_id {
+            match self.client.show_private_certificate(id).await {
+                Ok(c) if c.status == CertificateStatus::Revoked => {
+                    return Ok(Need::Issue(format!("certificate {id} was revoked in PCA")));
+                }
+                Ok(_) => {}
+                Err(e) => report.warnings.push(format!(
+                    "could not read certificate {id} from PCA (its revocation status is unknown): {e}"
+                )),
+            }
+        }
+        let lifetime = Lifetime::new(installed.not_before, installed.not_after);
+        match plan::decide(
+            self.now(),
+            &lifetime,
+            &cert.renew,
+            self.jitter_unit(&cert.name),
+        ) {
+            Decision::Renew { reason } => Ok(Need::Issue(format!(
+                "renewal {} (valid until {})",
+                reason.as_str(),
+                installed.not_after
+            ))),
+            Decision::Wait { until } => {
+                report.next_renewal = Some(until);
+                Ok(Need::Nothing)
+            }
+        }
+    }
+
+    fn next_renewal_of(
+        &self,
+        cert: &ManagedCertificate,
+        leaf: &pki::CertInfo,
+    ) -> Option<time::OffsetDateTime> {
+        match plan::decide(
+            self.now(),
+            &Lifetime::new(leaf.not_before, leaf.not_after),
+            &cert.renew,
+            self.jitter_unit(&cert.name),
+        ) {
+            Decision::Wait { until } => Some(until),
+            Decision::Renew { .. } => None,
+        }
+    }
+
+    fn plan_issue(
+        &self,
+        cert: &ManagedCertificate,
+        src: &PcaSource,
+        record: &CertRecord,
+        reason: &str,
+    ) -> Vec<PlannedStep> {
+        let v = &src.validity;
+        let mut steps = vec![
+            PlannedStep(format!("renew: {reason}")),
+            PlannedStep(format!(
+                "GET /v1/private-certificate-authorities/{} (must be ACTIVED)",
+                src.ca_id
+            )),
+            PlannedStep(format!(
+                "POST /v1/private-certificate-authorities/{}/export (the issuer the chain must lead to)",
+                src.ca_id
+            )),
+        ];
+        match src.mode {
+            PcaMode::Csr => {
+                steps.push(PlannedStep(format!(
+                    "generate a {} key on this host (kept in the journal, 0600; never sent)",
+                    src.key_algorithm
+                )));
+                steps.push(PlannedStep(format!(
+                    "POST /v1/private-certificates/csr issuer_id={} cn={} sans={} validity={} {}",
+                    src.ca_id,
+                    src.subject.common_name,
+                    sans_text(src),
+                    v.value,
+                    v.unit
+                )));
+            }
+            PcaMode::Apply => {
+                let eku: Vec<&str> = src.extended_key_usage.iter().map(|e| e.as_str()).collect();
+                let ku: Vec<&str> = src.key_usages.iter().map(|k| k.as_str()).collect();
+                steps.push(PlannedStep(format!(
+                    "POST /v1/private-certificates issuer_id={} cn={} sans={} key_algorithm={} signature_algorithm={} validity={} {} key_usages=[{}] extended_key_usage=[{}]",
+                    src.ca_id,
+                    src.subject.common_name,
+                    sans_text(src),
+                    src.key_algorithm,
+                    src.signature_algorithm,
+                    v.value,
+                    v.unit,
+                    ku.join(","),
+                    eku.join(",")
+                )));
+            }
+        }
+        steps.push(PlannedStep(
+            "POST /v1/private-certificates/{new id}/export type=OTHER".into(),
+        ));
+        self.plan_install_steps(cert, &mut steps);
+        if let (Some(old), Some(grace)) = (&record.cloud_id, src.revoke_superseded_after) {
+            steps.push(PlannedStep(format!(
+                "after {}: POST /v1/private-certificates/{old}/revoke reason=SUPERSEDED",
+                crate::config::format_duration(grace)
+            )));
+        }
+        steps
+    }
+
+    fn plan_revocations(&self, record: &CertRecord, report: &mut CheckReport) {
+        let now = self.now().unix_timestamp();
+        let due: Vec<PlannedStep> = record
+            .superseded
+            .iter()
+            .filter(|s| s.revoke_at <= now)
+            .map(|s| {
+                PlannedStep(format!(
+                    "POST /v1/private-certificates/{}/revoke reason=SUPERSEDED",
+                    s.cloud_id
+                ))
+            })
+            .collect();
+        if !due.is_empty() {
+            report.action = Action::WouldDo(due);
+        }
+    }
+
+    /// The issuing CA's certificate, the anchor a candidate's chain must lead to. With
+    /// `require_active`, the CA is first checked to be able to issue.
+    async fn issuer_anchor(
+        &self,
+        name: &str,
+        src: &PcaSource,
+        require_active: bool,
+    ) -> Result<String, RenewError> {
+        let ca_id = src.ca_id.as_str();
+        if require_active {
+            let ca = self.client.pca_show_ca(ca_id).await.map_err(|e| {
+                if e.status() == Some(404) {
+                    RenewError::CaUnavailable {
+                        name: name.to_string(),
+                        ca_id: ca_id.to_string(),
+                        detail: format!("it does not exist: {e}"),
+                    }
+                } else {
+                    RenewError::cloud(name, "read the issuing CA", Some(ca_id), e)
+                }
+            })?;
+            if ca.status != CaStatus::Active {
+                return Err(RenewError::CaUnavailable {
+                    name: name.to_string(),
+                    ca_id: ca_id.to_string(),
+                    detail: format!("it is {}, not ACTIVED", ca.status.as_str()),
+                });
+            }
+        }
+        let exported = self
+            .client
+            .pca_export_ca_certificate(ca_id)
+            .await
+            .map_err(|e| {
+                RenewError::cloud(name, "export the issuing CA certificate", Some(ca_id), e)
+            })?;
+        Ok(exported.certificate)
+    }
+
+    /// Issues a new certificate and installs it. `reuse_key`: in CSR mode, send a CSR for this
+    /// key (from an abandoned attempt) instead of generating one.
+    async fn issue(
+        &self,
+        cert: &ManagedCertificate,
+        src: &PcaSource,
+        record: CertRecord,
+        reason: &str,
+        mut report: CheckReport,
+        reuse_key: Option<String>,
+    ) -> Result<CheckReport, RenewError> {
+        let name = cert.name.as_str();
+        tracing::info!(certificate = %name, %reason, mode = mode_str(src.mode), "issuing");
+        let anchor = self.issuer_anchor(name, src, true).await?;
+        let now = self.now();
+        let (id, key_pem) = match src.mode {
+            PcaMode::Csr => {
+                let key = match reuse_key {
+                    Some(pem) => {
+                        pki::PrivateKey::from_pem(&pem).map_err(|e| RenewError::Crypto {
+                            name: name.to_string(),
+                            detail: format!("the key kept in the journal does not parse: {e}"),
+                        })?
+                    }
+                    None => self.generate_key(name, src).await?,
+                };
+                let key_pem = key.to_pem();
+                let dn = pki_subject(src);
+                let sans = pki_sans(src).map_err(|detail| RenewError::Config {
+                    name: name.to_string(),
+                    detail,
+                })?;
+                let csr = pki::generate_csr(&key, &dn, &sans).map_err(|e| RenewError::Crypto {
+                    name: name.to_string(),
+                    detail: format!("building the CSR: {e}"),
+                })?;
+                self.journal
+                    .begin_issue(name, IssueMode::Csr, Some(&key_pem), now)
+                    .map_err(|e| RenewError::journal(name, e))?;
+                let body = CsrCertificateRequest::new(&src.ca_id, csr, src.validity.to_api());
+                let r = self.client.issue_private_certificate_by_csr(&body).await;
+                (self.after_create(name, src, r, STEP_CSR)?, Some(key_pem))
+            }
+            PcaMode::Apply => {
+                self.journal
+                    .begin_issue(name, IssueMode::Apply, None, now)
+                    .map_err(|e| RenewError::journal(name, e))?;
+                let r = self
+                    .client
+                    .apply_private_certificate(&apply_request(src))
+                    .await;
+                (self.after_create(name, src, r, STEP_APPLY)?, None)
+            }
+        };
+        tracing::info!(certificate = %name, certificate_id = %id, "issued");
+        report.action = Action::Renewed {
+            cloud_id: id.clone(),
+        };
+        self.adopt(cert, src, &id, key_pem, anchor, record, report)
+            .await
+    }
+
+    async fn generate_key(
+        &self,
+        name: &str,
+        src: &PcaSource,
+    ) -> Result<pki::PrivateKey, RenewError> {
+        let alg: pki::KeyAlgorithm =
+            src.key_algorithm
+                .as_str()
+                .parse()
+                .map_err(|e: pki::PkiError| RenewError::Config {
+                    name: name.to_string(),
+                    detail: e.to_string(),
+                })?;
+        let crypto = |detail: String| RenewError::Crypto {
+            name: name.to_string(),
+            detail,
+        };
+        tokio::task::spawn_blocking(move || pki::generate_key(alg))
+            .await
+            .map_err(|e| crypto(format!("key generation task failed: {e}")))?
+            .map_err(|e| crypto(format!("generating a {alg} key: {e}")))
+    }
+
+    /// Records the id of a successful create; after a failure, abandons the journal entry when
+    /// nothing was created, and keeps it for reconciliation when the outcome is unknown.
+    fn after_create(
+        &self,
+        name: &str,
+        src: &PcaSource,
+        r: Result<String, CloudError>,
+        step: &str,
+    ) -> Result<String, RenewError> {
+        match r {
+            Ok(id) => {
+                self.journal
+                    .record_issued(name, &id)
+                    .map_err(|e| RenewError::journal(name, e))?;
+                Ok(id)
+            }
+            Err(e) => {
+                if create_certainly_failed(&e) {
+                    if let Err(je) = self.journal.abandon(name) {
+                        tracing::warn!(certificate = %name, error = %je, "could not clear the journal entry");
+                    }
+                } else {
+                    tracing::warn!(
+                        certificate = %name, error = %e,
+                        "the outcome of the create call is unknown; the next check reconciles before issuing again"
+                    );
+                }
+                Err(RenewError::cloud(name, step, Some(&src.ca_id), e))
+            }
+        }
+    }
+
+    /// Exports certificate `id`, verifies it against the issuer and the configured names,
+    /// installs it, updates the record and completes the journal entry.
+    #[allow(clippy::too_many_arguments)]
+    async fn adopt(
+        &self,
+        cert: &ManagedCertificate,
+        src: &PcaSource,
+        id: &str,
+        key_pem: Option<String>,
+        anchor: String,
+        mut record: CertRecord,
+        mut report: CheckReport,
+    ) -> Result<CheckReport, RenewError> {
+        let name = cert.name.as_str();
+        let exported = self
+            .client
+            .export_private_certificate(id, ExportType::Other)
+            .await
+            .map_err(|e| {
+                RenewError::cloud(
+                    name,
+                    &format!("export certificate {id}"),
+                    Some(&src.ca_id),
+                    e,
+                )
+            })?;
+        let key_pem = match src.mode {
+            PcaMode::Csr => key_pem.ok_or_else(|| RenewError::Crypto {
+                name: name.to_string(),
+                detail: format!("the journal holds no key for certificate {id}"),
+            })?,
+            PcaMode::Apply => exported
+                .private_key
+                .clone()
+                .ok_or_else(|| RenewError::Cloud {
+                    name: name.to_string(),
+                    step: format!("export certificate {id}"),
+                    source: Box::new(CloudError::Decode {
+                        service: "pca",
+                        operation: "export_certificate",
+                        detail: "the export of an apply-mode certificate holds no private key"
+                            .into(),
+                    }),
+                })?,
+        };
+        let candidate = Candidate {
+            name: name.to_string(),
+            cert_pem: exported.certificate.clone(),
+            chain_pem: exported.certificate_chain.clone(),
+            key_pem,
+        };
+        let (bundle, outcome) = self
+            .verify_and_install(cert, candidate, required_names(src), Some(anchor))
+            .await?;
+        let now = self.now();
+        if let Some(old) = record.cloud_id.take()
+            && old != id
+            && let Some(grace) = src.revoke_superseded_after
+        {
+            let grace = time::Duration::try_from(grace).unwrap_or(time::Duration::MAX);
+            let revoke_at = now.checked_add(grace).unwrap_or(now);
+            record.superseded.push(Superseded {
+                cloud_id: old,
+                superseded_at: now.unix_timestamp(),
+                revoke_at: revoke_at.unix_timestamp(),
+            });
+        }
+        record.source = "pca".into();
+        record.cloud_id = Some(id.to_string());
+        record.ca_id = Some(src.ca_id.clone());
+        record.mode = Some(mode_str(src.mode).into());
+        record.fingerprint_sha256 = Some(bundle.fingerprint_sha256().to_string());
+        record.installed_at = Some(now.unix_timestamp());
+        self.records.save(name, &record)?;
+        if let Err(e) = self.journal.complete(name) {
+            report.warnings.push(format!(
+                "installed, but the journal entry could not be cleared (the next check re-adopts it harmlessly): {e}"
+            ));
+        }
+        tracing::info!(
+            certificate = %name, certificate_id = %id, serial = %bundle.leaf().serial_hex,
+            changed = outcome.changed, "installed"
+        );
+        if matches!(report.action, Action::None) {
+            report.action = Action::Renewed {
+                cloud_id: id.to_string(),
+            };
+        }
+        report.install_changed = outcome.changed;
+        report.next_renewal = self.next_renewal_of(cert, bundle.leaf());
+        report.installed = self.summary(cert);
+        Ok(report)
+    }
+
+    /// Finishes an issuance an earlier run began.
+    async fn finish_pending(
+        &self,
+        cert: &ManagedCertificate,
+        src: &PcaSource,
+        p: Pending,
+        mut report: CheckReport,
+    ) -> Result<CheckReport, RenewError> {
+        let name = cert.name.as_str();
+        let record = self.records.load(name)?;
+        let key_pem = p.load_key().map_err(|e| RenewError::journal(name, e))?;
+        let id = match &p.cloud_certificate_id {
+            Some(id) => {
+                let gone = match self.client.show_private_certificate(id).await {
+                    Ok(c)
+                        if matches!(
+                            c.status,
+                            CertificateStatus::Revoked | CertificateStatus::Expired
+                        ) =>
+                    {
+                        Some(format!("it is {}", c.status.as_str()))
+                    }
+                    Ok(_) => None,
+                    Err(e) if e.status() == Some(404) => Some("it no longer exists".to_string()),
+                    Err(e) => {
+                        return Err(RenewError::cloud(
+                            name,
+                            &format!("read certificate {id} issued by an earlier run"),
+                            Some(&src.ca_id),
+                            e,
+                        ));
+                    }
+                };
+                if let Some(why) = gone {
+                    report.warnings.push(format!(
+                        "the certificate {id} issued by an earlier run cannot be adopted ({why}); issuing a new one"
+                    ));
+                    self.journal
+                        .abandon(name)
+                        .map_err(|e| RenewError::journal(name, e))?;
+                    return self
+                        .issue(
+                            cert,
+                            src,
+                            record,
+                            "the pending certificate is unusable",
+                            report,
+                            None,
+                        )
+                        .await;
+                }
+                id.clone()
+            }
+            None => match self
+                .reconcile(cert, src, &p, key_pem.as_deref(), &record)
+                .await?
+            {
+                Some(id) => {
+                    report.warnings.push(format!(
+                        "adopted certificate {id}, found by listing after an issuance whose answer was lost"
+                    ));
+                    self.journal
+                        .record_issued(name, &id)
+                        .map_err(|e| RenewError::journal(name, e))?;
+                    id
+                }
+                None => {
+                    tracing::info!(
+                        certificate = %name, ticket = %p.ticket,
+                        "the lost issuance created nothing; issuing again"
+                    );
+                    self.journal
+                        .abandon(name)
+                        .map_err(|e| RenewError::journal(name, e))?;
+                    return self
+                        .issue(
+                            cert,
+                            src,
+                            record,
+                            "the earlier request created no certificate",
+                            report,
+                            key_pem,
+                        )
+                        .await;
+                }
+            },
+        };
+        let anchor = self.issuer_anchor(name, src, false).await?;
+        report.action = Action::Renewed {
+            cloud_id: id.clone(),
+        };
+        self.adopt(cert, src, &id, key_pem, anchor, record, report)
+            .await
+    }
+
+    /// Looks for the certificate a lost create call made (see the module doc).
+    async fn reconcile(
+        &self,
+        cert: &ManagedCertificate,
+        src: &PcaSource,
+        p: &Pending,
+        key_pem: Option<&str>,
+        record: &CertRecord,
+    ) -> Result<Option<String>, RenewError> {
+        let name = cert.name.as_str();
+        let cn = src.subject.common_name.as_str();
+        let q = ListCertificatesQuery {
+            limit: Some(RECONCILE_PAGE),
+            name: Some(cn.chars().take(64).collect()),
+            sort_key: Some(CertificateSortKey::CreateTime),
+            sort_dir: Some(SortDir::Desc),
+            ..ListCertificatesQuery::default()
+        };
+        let list = self
+            .client
+            .list_private_certificates(&q)
+            .await
+            .map_err(|e| {
+                RenewError::cloud(
+                    name,
+                    "reconcile (GET /v1/private-certificates)",
+                    Some(&src.ca_id),
+                    e,
+                )
+            })?;
+        let since = p.requested_at - RECONCILE_SLACK;
+        let mut known: HashSet<&str> = record
+            .superseded
+            .iter()
+            .map(|s| s.cloud_id.as_str())
+            .collect();
+        if let Some(id) = &record.cloud_id {
+            known.insert(id);
+        }
+        let want_csr = src.mode == PcaMode::Csr;
+        let lifetime = exact_lifetime(src);
+        let candidates = list.certificates.iter().filter(|c| {
+            c.issuer_id.as_deref() == Some(src.ca_id.as_str())
+                && c.common_name() == Some(cn)
+                && c.status == CertificateStatus::Issued
+                && c.create_time.is_some_and(|t| t >= since)
+                && !known.contains(c.certificate_id.as_str())
+                && (c.gen_mode.as_deref() == Some("CSR")) == want_csr
+                // What the request asked for, where the list says it.
+                && (want_csr
+                    || c.key_algorithm.as_deref().is_none_or(|a| {
+                        a.eq_ignore_ascii_case(src.key_algorithm.as_str())
+                    }))
+                && match (lifetime, c.not_before, c.not_after) {
+                    (Some(want), Some(nb), Some(na)) => {
+                        ((na - nb) - want).abs() <= time::Duration::minutes(1)
+                    }
+                    _ => true,
+                }
+        });
+        if !want_csr {
+            return Ok(candidates
+                .max_by_key(|c| c.create_time)
+                .map(|c| c.certificate_id.clone()));
+        }
+        let Some(key_pem) = key_pem else {
+            return Ok(None);
+        };
+        let key = pki::PrivateKey::from_pem(key_pem).map_err(|e| RenewError::Crypto {
+            name: name.to_string(),
+            detail: format!("the key kept in the journal does not parse: {e}"),
+        })?;
+        for c in candidates {
+            let exported = self
+                .client
+                .export_private_certificate(&c.certificate_id, ExportType::Other)
+                .await
+                .map_err(|e| {
+                    RenewError::cloud(
+                        name,
+                        &format!("reconcile: export certificate {}", c.certificate_id),
+                        Some(&src.ca_id),
+                        e,
+                    )
+                })?;
+            if let Ok(info) = pki::parse_cert(&exported.certificate)
+                && pki::key_matches_cert(&key, &info)
+            {
+                return Ok(Some(c.certificate_id.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Repairs the files from the last good copy; without one (or if it is due itself), issues.
+    async fn reinstall(
+        &self,
+        cert: &ManagedCertificate,
+        src: &PcaSource,
+        record: CertRecord,
+        reason: String,
+        mut report: CheckReport,
+    ) -> Result<CheckReport, RenewError> {
+        let name = cert.name.as_str();
+        match self
+            .reinstall_last_good(cert, &record, required_names(src))
+            .await?
+        {
+            Some(outcome) => {
+                tracing::info!(certificate = %name, %reason, "re-installed the last good copy");
+                report.install_changed = outcome.changed;
+                report.installed = self.summary(cert);
+                let due = match &report.installed {
+                    Some(s) => match plan::decide(
+                        self.now(),
+                        &Lifetime::new(s.not_before, s.not_after),
+                        &cert.renew,
+                        self.jitter_unit(name),
+                    ) {
+                        Decision::Wait { until } => {
+                            report.next_renewal = Some(until);
+                            false
+                        }
+                        Decision::Renew { .. } => true,
+                    },
+                    None => true,
+                };
+                if !due {
+                    report.action = Action::Reinstalled { reason };
+                    return Ok(report);
+                }
+                self.issue(
+                    cert,
+                    src,
+                    record,
+                    "the re-installed copy is due",
+                    report,
+                    None,
+                )
+                .await
+            }
+            None => {
+                report.warnings.push(format!(
+                    "{reason}, and no good copy is kept: issuing a new certificate"
+                ));
+                self.issue(cert, src, record, &reason, report, None).await
+            }
+        }
+    }
+
+    /// Revokes superseded certificates whose grace period has passed. Failures are warnings; a
+    /// retryable one is tried again at the next check.
+    async fn revoke_superseded(
+        &self,
+        cert: &ManagedCertificate,
+        record: &mut CertRecord,
+        report: &mut CheckReport,
+    ) {
+        if record.superseded.is_empty() {
+            return;
+        }
+        let now = self.now().unix_timestamp();
+        let mut keep = Vec::new();
+        let mut changed = false;
+        for s in std::mem::take(&mut record.superseded) {
+            if now < s.revoke_at {
+                keep.push(s);
+                continue;
+            }
+            match self
+                .client
+                .revoke_private_certificate(&s.cloud_id, Some(RevokeReason::Superseded))
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(certificate = %cert.name, certificate_id = %s.cloud_id, "revoked the superseded certificate");
+                    changed = true;
+                }
+                Err(e) if e.is_retryable() => {
+                    report.warnings.push(format!(
+                        "could not revoke the superseded certificate {} (will retry): {e}",
+                        s.cloud_id
+                    ));
+                    keep.push(s);
+                }
+                Err(e) => {
+                    report.warnings.push(format!(
+                        "could not revoke the superseded certificate {} (giving up): {e}",
+                        s.cloud_id
+                    ));
+                    changed = true;
+                }
+            }
+        }
+        record.superseded = keep;
+        if changed && let Err(e) = self.records.save(&cert.name, record) {
+            report.warnings.push(e.to_string());
+        }
+    }
+}
+
+/// The lifetime a request for `src` yields, where it is exact (DAY and HOUR; months and years
+/// depend on the calendar).
+fn exact_lifetime(src: &PcaSource) -> Option<time::Duration> {
+    let v = i64::from(src.validity.value);
+    match src.validity.unit {
+        ValidityUnit::Day => Some(time::Duration::days(v)),
+        ValidityUnit::Hour => Some(time::Duration::hours(v)),
+        ValidityUnit::Month | ValidityUnit::Year => None,
+    }
+}
+
+fn pki_subject(src: &PcaSource) -> pki::DistinguishedName {
+    let s = &src.subject;
+    pki::DistinguishedName {
+        country: s.country.clone(),
+        state: s.state.clone(),
+        locality: s.locality.clone(),
+        organization: s.organization.clone(),
+        organizational_unit: s.organizational_unit.clone(),
+        common_name: Some(s.common_name.clone()),
+    }
+}
+
+fn pki_sans(src: &PcaSource) -> Result<Vec<pki::SubjectAltName>, String> {
+    src.sans
+        .iter()
+        .map(|s| {
+            pki::SubjectAltName::from_kind_value(s.api_type(), &s.value())
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}

@@ -1,0 +1,407 @@
+//! SCM: install the configured certificate (by id), or the newest valid one with the configured
+//! name or domain; re-export when a newer one appears; warn loudly when the chosen one is due and
+//! nothing newer exists (SCM certificates are renewed by whoever imports them, not by the agent).
+//!
+//! # One listing pass for many certificates
+//! [`Renewer::scm_candidates`] lists SCM certificates once (pages of 50, `expired_days_since` =
+//! [`SCM_EXPIRED_DAYS_SINCE`], so long-expired certificates do not eat into the 150 records that
+//! offset paging can reach) and keeps the result for the next [`Renewer::check`] of each of the
+//! given certificates: each check uses it once, and only within [`SNAPSHOT_TTL`] of the listing,
+//! then lists for itself again. When the account holds more matching certificates than paging
+//! can reach, the pass falls back to one narrowed listing (`content` = the name or domain) per
+//! configured selector. Certificates configured by id are read individually when the pass does
+//! not hold them (expired longer ago than the window).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use super::record::CertRecord;
+use super::{Action, CheckOptions, CheckReport, PlannedStep, RenewError, Renewer, describe_disk};
+use crate::agent::plan::{self, Decision, Lifetime};
+use crate::cloud::CloudError;
+use crate::cloud::scm::{CertificateSummary, ListCertificatesQuery, SortDir, SortKey};
+use crate::config::{CertificateSource, ManagedCertificate, ScmSelector};
+use crate::install::{self, Candidate, InstalledState};
+
+/// The list window: certificates still valid or expired at most this many days ago.
+pub const SCM_EXPIRED_DAYS_SINCE: u32 = 30;
+/// How long a listing pass may stand in for a check's own listing.
+pub const SNAPSHOT_TTL: time::Duration = time::Duration::minutes(10);
+
+/// The result of one listing pass ([`Renewer::scm_candidates`]).
+#[derive(Clone, Debug)]
+pub struct ScmCandidates {
+    /// When the pass ran (the renewer's clock).
+    pub taken_at: OffsetDateTime,
+    /// Every certificate listed, without repeats.
+    pub certificates: Vec<CertificateSummary>,
+}
+
+impl ScmCandidates {
+    /// The certificates `sel` matches (any validity).
+    pub fn matching(&self, sel: &ScmSelector) -> Vec<&CertificateSummary> {
+        self.certificates
+            .iter()
+            .filter(|c| matches(sel, c))
+            .collect()
+    }
+}
+
+/// A pass kept for the checks that follow it.
+pub(super) struct Snapshot {
+    data: Arc<ScmCandidates>,
+    /// Names that have not used it yet.
+    unused: HashSet<String>,
+}
+
+fn matches(sel: &ScmSelector, c: &CertificateSummary) -> bool {
+    match sel {
+        ScmSelector::Id(id) => c.id == *id,
+        ScmSelector::Name(n) => c.name == *n,
+        ScmSelector::Domain(d) => {
+            c.domain
+                .as_deref()
+                .is_some_and(|x| x.eq_ignore_ascii_case(d))
+                || c.sans_list().iter().any(|x| x.eq_ignore_ascii_case(d))
+        }
+    }
+}
+
+fn describe(sel: &ScmSelector) -> String {
+    match sel {
+        ScmSelector::Id(id) => format!("with id {id}"),
+        ScmSelector::Name(n) => format!("named {n}"),
+        ScmSelector::Domain(d) => format!("for domain {d}"),
+    }
+}
+
+fn is_valid(c: &CertificateSummary, now: OffsetDateTime) -> bool {
+    !c.is_expired() && c.expire_time.is_none_or(|t| t > now)
+}
+
+fn list_query(content: Option<String>) -> ListCertificatesQuery {
+    ListCertificatesQuery {
+        limit: Some(50),
+        sort_key: Some(SortKey::CertExpiredTime),
+        sort_dir: Some(SortDir::Desc),
+        expired_days_since: Some(SCM_EXPIRED_DAYS_SINCE),
+        content,
+        ..ListCertificatesQuery::default()
+    }
+}
+
+fn required_names(sel: &ScmSelector) -> Vec<String> {
+    match sel {
+        ScmSelector::Domain(d) => vec![d.clone()],
+        _ => Vec::new(),
+    }
+}
+
+enum Need {
+    Nothing,
+    Export(String),
+    Reinstall(String),
+}
+
+impl Renewer {
+    /// One listing pass for many SCM certificates (see the module doc); the following
+    /// [`check`](Self::check) of each of them uses it instead of listing again. Certificates
+    /// with another source are ignored.
+    pub async fn scm_candidates(
+        &self,
+        certs: &[&ManagedCertificate],
+    ) -> Result<Arc<ScmCandidates>, RenewError> {
+        let selected: Vec<(&str, &ScmSelector)> = certs
+            .iter()
+            .filter_map(|c| match &c.source {
+                CertificateSource::Scm(s) => Some((c.name.as_str(), s)),
+                CertificateSource::Pca(_) => None,
+            })
+            .collect();
+        let certificates = match self
+            .client
+            .scm_list_all_certificates(&list_query(None))
+            .await
+        {
+            Ok(all) => all,
+            Err(CloudError::Invalid(msg)) => {
+                tracing::info!(%msg, "too many SCM certificates for one pass; listing per name or domain");
+                let mut all: Vec<CertificateSummary> = Vec::new();
+                let mut done = HashSet::new();
+                for (_, sel) in &selected {
+                    let kw = match sel {
+                        ScmSelector::Name(n) => n,
+                        ScmSelector::Domain(d) => d,
+                        ScmSelector::Id(_) => continue,
+                    };
+                    if !done.insert(kw.clone()) {
+                        continue;
+                    }
+                    let part = self
+                        .client
+                        .scm_list_all_certificates(&list_query(Some(kw.clone())))
+                        .await
+                        .map_err(|e| {
+                            RenewError::cloud("(scm)", "list SCM certificates", None, e)
+                        })?;
+                    for c in part {
+                        if !all.iter().any(|x| x.id == c.id) {
+                            all.push(c);
+                        }
+                    }
+                }
+                all
+            }
+            Err(e) => {
+                return Err(RenewError::cloud("(scm)", "list SCM certificates", None, e));
+            }
+        };
+        let data = Arc::new(ScmCandidates {
+            taken_at: self.now(),
+            certificates,
+        });
+        let mut g = self.scm_snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        *g = Some(Snapshot {
+            data: data.clone(),
+            unused: selected.iter().map(|(n, _)| n.to_string()).collect(),
+        });
+        Ok(data)
+    }
+
+    /// The pass for `name`, if one is fresh and `name` has not used it yet.
+    fn take_snapshot(&self, name: &str) -> Option<Arc<ScmCandidates>> {
+        let now = self.now();
+        let mut g = self.scm_snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let snap = g.as_mut()?;
+        let age = now - snap.data.taken_at;
+        if age > SNAPSHOT_TTL || age.is_negative() {
+            *g = None;
+            return None;
+        }
+        snap.unused.remove(name).then(|| snap.data.clone())
+    }
+
+    /// The certificates `sel` may mean, from the pass or from the API.
+    async fn scm_listed(
+        &self,
+        name: &str,
+        sel: &ScmSelector,
+    ) -> Result<Vec<CertificateSummary>, RenewError> {
+        if let Some(snap) = self.take_snapshot(name) {
+            let hits: Vec<CertificateSummary> = snap.matching(sel).into_iter().cloned().collect();
+            if !hits.is_empty() || !matches!(sel, ScmSelector::Id(_)) {
+                return Ok(hits);
+            }
+        }
+        match sel {
+            ScmSelector::Id(id) => match self.client.scm_show_certificate(id).await {
+                Ok(d) => Ok(vec![CertificateSummary {
+                    id: d.id,
+                    name: d.name,
+                    domain: d.domain,
+                    sans: d.sans,
+                    expire_time: d.not_after,
+                    status: d.status,
+                    ..CertificateSummary::default()
+                }]),
+                Err(e) if crate::cloud::scm::is_not_found(&e) => Ok(Vec::new()),
+                Err(e) => Err(RenewError::cloud(
+                    name,
+                    &format!("read SCM certificate {id}"),
+                    None,
+                    e,
+                )),
+            },
+            ScmSelector::Name(kw) | ScmSelector::Domain(kw) => self
+                .client
+                .scm_list_all_certificates(&list_query(Some(kw.clone())))
+                .await
+                .map(|all| all.into_iter().filter(|c| matches(sel, c)).collect())
+                .map_err(|e| RenewError::cloud(name, "list SCM certificates", None, e)),
+        }
+    }
+
+    pub(super) async fn check_scm(
+        &self,
+        cert: &ManagedCertificate,
+        sel: &ScmSelector,
+        opts: CheckOptions,
+    ) -> Result<CheckReport, RenewError> {
+        let name = cert.name.as_str();
+        let mut report = CheckReport::new(name, "scm");
+        Self::common_warnings(cert, &mut report);
+        let now = self.now();
+        let listed = self.scm_listed(name, sel).await?;
+        let best = listed
+            .iter()
+            .filter(|c| is_valid(c, now))
+            .max_by(|a, b| (a.expire_time, &a.id).cmp(&(b.expire_time, &b.id)));
+        let Some(best) = best else {
+            return Err(if listed.is_empty() {
+                RenewError::NotFound {
+                    name: name.to_string(),
+                    detail: format!(
+                        "scm: no certificate {} (valid, or expired in the last {SCM_EXPIRED_DAYS_SINCE} days)",
+                        describe(sel)
+                    ),
+                }
+            } else {
+                let newest = listed.iter().filter_map(|c| c.expire_time).max();
+                RenewError::NoValidCertificate {
+                    name: name.to_string(),
+                    detail: format!(
+                        "scm: every certificate {} has expired (the newest on {}) and no newer one was imported; the files in place are kept",
+                        describe(sel),
+                        newest.map_or_else(|| "an unknown date".to_string(), super::rfc3339)
+                    ),
+                }
+            });
+        };
+
+        let record = self.records.load(name)?;
+        let need = self.scm_need(cert, best, &record, opts);
+        match need {
+            Need::Nothing => {}
+            Need::Export(reason) if opts.dry_run => {
+                let mut steps = vec![
+                    PlannedStep(format!("re-export: {reason}")),
+                    PlannedStep(format!("POST /v3/scm/certificates/{}/export", best.id)),
+                ];
+                self.plan_install_steps(cert, &mut steps);
+                report.action = Action::WouldDo(steps);
+            }
+            Need::Reinstall(reason) if opts.dry_run => {
+                let mut steps = vec![PlannedStep(format!(
+                    "re-install certificate {} from the last good copy, else export it again ({reason})",
+                    best.id
+                ))];
+                self.plan_install_steps(cert, &mut steps);
+                report.action = Action::WouldDo(steps);
+            }
+            Need::Export(reason) => {
+                tracing::info!(certificate = %name, certificate_id = %best.id, %reason, "exporting from SCM");
+                self.scm_export_install(cert, sel, &best.id, record, &mut report)
+                    .await?;
+                report.action = Action::Reexported {
+                    cloud_id: best.id.clone(),
+                };
+            }
+            Need::Reinstall(reason) => {
+                match self
+                    .reinstall_last_good(cert, &record, required_names(sel))
+                    .await?
+                {
+                    Some(outcome) => {
+                        report.install_changed = outcome.changed;
+                        report.action = Action::Reinstalled { reason };
+                    }
+                    None => {
+                        self.scm_export_install(cert, sel, &best.id, record, &mut report)
+                            .await?;
+                        report.action = Action::Reinstalled { reason };
+                    }
+                }
+            }
+        }
+        report.installed = self.summary(cert);
+
+        // Due, and nothing newer in SCM: say so loudly, but this is not a failure.
+        let (nb, na) = match &report.installed {
+            Some(s) => (Some(s.not_before), Some(s.not_after)),
+            None => (None, best.expire_time),
+        };
+        if let Some(na) = na {
+            let lifetime = Lifetime::new(nb.unwrap_or(now), na);
+            match plan::decide(now, &lifetime, &cert.renew, self.jitter_unit(name)) {
+                Decision::Wait { until } => report.next_renewal = Some(until),
+                Decision::Renew { reason } => {
+                    let msg = format!(
+                        "scm: certificate {} {} expires in {} days ({}; renewal {}) and no newer valid certificate {} exists in SCM; import a renewed one",
+                        best.id,
+                        describe(sel),
+                        super::days(na - now),
+                        super::rfc3339(na),
+                        reason.as_str(),
+                        describe(sel)
+                    );
+                    tracing::warn!(certificate = %name, "{msg}");
+                    report.warnings.push(msg);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn scm_need(
+        &self,
+        cert: &ManagedCertificate,
+        best: &CertificateSummary,
+        record: &CertRecord,
+        opts: CheckOptions,
+    ) -> Need {
+        if opts.force {
+            return Need::Export("forced".into());
+        }
+        match &record.cloud_id {
+            Some(id) if *id == best.id => {}
+            Some(id) => {
+                return Need::Export(format!(
+                    "certificate {} replaces the installed {id}",
+                    best.id
+                ));
+            }
+            None => return Need::Export("not installed by the agent yet".into()),
+        }
+        match install::read_installed(&self.output_paths(cert)) {
+            InstalledState::Present(c) => {
+                if record
+                    .fingerprint_sha256
+                    .as_deref()
+                    .is_some_and(|fp| fp.eq_ignore_ascii_case(&c.fingerprint_sha256))
+                {
+                    Need::Nothing
+                } else {
+                    Need::Reinstall(format!(
+                        "the certificate on disk (serial {}) is not the one the agent installed",
+                        c.serial_hex
+                    ))
+                }
+            }
+            other => Need::Reinstall(describe_disk(&other)),
+        }
+    }
+
+    async fn scm_export_install(
+        &self,
+        cert: &ManagedCertificate,
+        sel: &ScmSelector,
+        id: &str,
+        mut record: CertRecord,
+        report: &mut CheckReport,
+    ) -> Result<(), RenewError> {
+        let name = cert.name.as_str();
+        let exported = self.client.scm_export_certificate(id).await.map_err(|e| {
+            RenewError::cloud(name, &format!("export SCM certificate {id}"), None, e)
+        })?;
+        let candidate = Candidate {
+            name: name.to_string(),
+            cert_pem: exported.certificate.clone(),
+            chain_pem: exported.certificate_chain.clone(),
+            key_pem: exported.private_key.expose().to_string(),
+        };
+        let (bundle, outcome) = self
+            .verify_and_install(cert, candidate, required_names(sel), None)
+            .await?;
+        record.source = "scm".into();
+        record.cloud_id = Some(id.to_string());
+        record.ca_id = None;
+        record.mode = None;
+        record.fingerprint_sha256 = Some(bundle.fingerprint_sha256().to_string());
+        record.installed_at = Some(self.now().unix_timestamp());
+        self.records.save(name, &record)?;
+        report.install_changed = outcome.changed;
+        Ok(())
+    }
+}

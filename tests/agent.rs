@@ -1,0 +1,324 @@
+//! The agent as a whole: the daemon loop against the emulator (install at startup, renew when
+//! the emulator's clock crosses the renewal point, metrics scraped and checked, status file),
+//! the systemd notify protocol on a real datagram socket, and the CLI's exit codes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ccm_agent::agent::clock::Clock;
+use ccm_agent::agent::daemon::{self, RunOptions, StatusFile};
+use ccm_agent::cloud::Credentials;
+use ccm_agent::config::Config;
+use ccm_agent::emulator::{Emulator, EmulatorConfig};
+
+async fn emulator_with_ca() -> (Emulator, String) {
+    let emu = Emulator::start(EmulatorConfig::default())
+        .await
+        .expect("emulator");
+    let shared = emu.shared().clone();
+    let (_, sub) = tokio::task::spawn_blocking(move || {
+        ccm_agent::emulator::pca::ca::create_active_ca_pair(&shared, "agent test root", "agent test issuing CA")
+    })
+    .await
+    .expect("join")
+    .expect("CA pair");
+    (emu, sub)
+}
+
+fn config_text(dir: &Path, emu: &Emulator, ca_id: &str, metrics: &str, schedule: &str) -> String {
+    let aksk = emu.aksk();
+    format!(
+        r#"
+[agent]
+state_dir = "{dir}/state"
+schedule = "{schedule}"
+host_id = "test-host"
+retry_initial = "1s"
+retry_max = "2s"
+
+[metrics]
+listen = "{metrics}"
+
+[cloud]
+endpoint = "{endpoint}"
+timeout = "5s"
+
+[cloud.auth]
+access_key = "{ak}"
+secret_key_env = "CCM_TEST_SK"
+domain_id = "{domain}"
+
+[defaults.output]
+base_dir = "{dir}/live"
+
+[[certificates]]
+name = "web"
+[certificates.pca]
+ca_id = "{ca_id}"
+sans = ["dns:web.test.internal", "ip:127.0.0.1"]
+validity = {{ type = "DAY", value = 30 }}
+extended_key_usage = ["server_auth"]
+
+[[certificates]]
+name = "api"
+[certificates.pca]
+ca_id = "{ca_id}"
+mode = "apply"
+subject = {{ common_name = "api.test.internal" }}
+sans = ["dns:api.test.internal"]
+validity = {{ type = "DAY", value = 30 }}
+"#,
+        dir = dir.display(),
+        endpoint = emu.base_url(),
+        ak = aksk.access_key,
+        domain = aksk.domain_id.unwrap_or_default(),
+    )
+}
+
+async fn scrape(addr: &str) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body")
+}
+
+/// The value of the first sample whose line starts with `prefix` (metric name and labels).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+async fn wait_for<F: Fn() -> bool>(what: &str, limit: Duration, f: F) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn fingerprint(path: &Path) -> Option<String> {
+    let pem = std::fs::read_to_string(path).ok()?;
+    ccm_agent::pki::parse_cert(&pem).ok().map(|c| c.sha256_fingerprint_hex)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_installs_renews_and_reports() {
+    let (emu, ca_id) = emulator_with_ca().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let text = config_text(dir.path(), &emu, &ca_id, &addr, "*/1 * * * * *");
+    let config = Arc::new(Config::from_str(&text, "test.toml").expect("config"));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let shared = emu.shared().clone();
+    let run = tokio::spawn(daemon::run(
+        config.clone(),
+        Credentials::AkSk(emu.aksk()),
+        RunOptions {
+            clock: Clock::from_fn(move || shared.now()),
+            metrics_listener: Some(listener),
+            shutdown: shutdown.clone(),
+            on_cycle: None,
+            notifier: ccm_agent::systemd::Notifier::disabled(),
+        },
+    ));
+
+    // Ready once the first check has installed everything.
+    let ready_url = format!("http://{addr}/readyz");
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(&ready_url).await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "never ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let web = dir.path().join("live/web");
+    for f in ["cert.pem", "chain.pem", "fullchain.pem", "privkey.pem"] {
+        assert!(web.join(f).exists(), "{f} installed");
+    }
+    let first = fingerprint(&web.join("cert.pem")).expect("cert parses");
+    let cert = ccm_agent::pki::parse_cert(&std::fs::read_to_string(web.join("cert.pem")).expect("read"))
+        .expect("parse");
+    assert_eq!(emu.shared().count_requests("pca.create_certificate_by_csr"), 1, "csr mode for web");
+    assert_eq!(emu.shared().count_requests("pca.create_certificate"), 1, "apply mode for api");
+
+    let metrics = scrape(&addr).await;
+    let not_after = sample(&metrics, "ccm_agent_certificate_not_after_timestamp_seconds", &[("name", "web")])
+        .expect("not_after metric");
+    assert_eq!(not_after as i64, cert.not_after.unix_timestamp());
+    let x509 = sample(&metrics, "x509_cert_not_after", &[("subject_CN", "web.test.internal")])
+        .expect("x509 exporter family");
+    assert_eq!(x509 as i64, cert.not_after.unix_timestamp());
+    assert!(sample(&metrics, "ccm_agent_api_requests_total", &[("service", "pca")]).unwrap_or(0.0) >= 1.0);
+
+    // Cross the renewal point (2/3 of 30 days, minus at most the jitter): the next tick renews.
+    emu.shared().advance_clock(time::Duration::days(21));
+    let cert_path = web.join("cert.pem");
+    wait_for("renewal", Duration::from_secs(30), || {
+        fingerprint(&cert_path).is_some_and(|f| f != first)
+    })
+    .await;
+    assert_eq!(emu.shared().count_requests("pca.create_certificate_by_csr"), 2);
+    let metrics = scrape(&addr).await;
+    assert!(
+        sample(&metrics, "ccm_agent_renewals_total", &[("name", "web"), ("result", "ok")]).unwrap_or(0.0) >= 1.0,
+        "renewal counted"
+    );
+
+    let status = StatusFile::load(&dir.path().join("state")).expect("status file");
+    let web_status = status.certificates.iter().find(|c| c.name == "web").expect("web in status");
+    assert!(web_status.next_renewal.is_some());
+    assert!(web_status.last_error.is_none(), "{web_status:?}");
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("stops promptly")
+        .expect("join")
+        .expect("run ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_counted_and_the_files_stay() {
+    let (emu, ca_id) = emulator_with_ca().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let text = config_text(dir.path(), &emu, &ca_id, &addr, "*/1 * * * * *");
+    let config = Arc::new(Config::from_str(&text, "test.toml").expect("config"));
+    // Every PCA issuance fails with a 500 from the start.
+    emu.shared().add_fault(ccm_agent::emulator::FaultRule::error("pca.*", 500, "PCA.00010001"));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let shared = emu.shared().clone();
+    let run = tokio::spawn(daemon::run(
+        config,
+        Credentials::AkSk(emu.aksk()),
+        RunOptions {
+            clock: Clock::from_fn(move || shared.now()),
+            metrics_listener: Some(listener),
+            shutdown: shutdown.clone(),
+            on_cycle: None,
+            notifier: ccm_agent::systemd::Notifier::disabled(),
+        },
+    ));
+    let start = Instant::now();
+    let metrics = loop {
+        if let Ok(r) = reqwest::get(format!("http://{addr}/metrics")).await {
+            let text = r.text().await.unwrap_or_default();
+            let failed: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("ccm_agent_checks_total{") && l.contains("name=\"web\"") && !l.contains("result=\"ok\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if failed >= 1.0 {
+                break text;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "failure never counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(metrics.contains("ccm_agent_checks_total"), "{metrics}");
+    assert!(!dir.path().join("live/web/cert.pem").exists(), "nothing installed from a failure");
+    let status = StatusFile::load(&dir.path().join("state")).expect("status");
+    let web = status.certificates.iter().find(|c| c.name == "web").expect("web");
+    let err = web.last_error.as_deref().unwrap_or_default();
+    assert!(err.contains("web") || err.contains("PCA.00010001") || err.contains("500"), "{err}");
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), run).await.expect("stops");
+}
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ccm-agent"))
+}
+
+#[test]
+fn check_reports_every_problem_with_exit_code_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[agent]\nconcurrency = 0\n[cloud]\nregion = \"ap-southeast-1\"\n[[certificates]]\nname = \"x\"\n[certificates.pca]\nca_id = \"not-a-uuid\"\nkey_algorithm = \"RSA1024\"\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml"), "{err}");
+    assert!(err.contains("agent.concurrency"), "{err}");
+    assert!(err.contains("certificates[0].pca.ca_id"), "{err}");
+    assert!(err.contains("certificates[0].pca.key_algorithm"), "{err}");
+}
+
+#[test]
+fn systemd_notify_ready_status_watchdog_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let (emu, ca_id) = rt.block_on(emulator_with_ca());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let text = config_text(dir.path(), &emu, &ca_id, &format!("127.0.0.1:{port}"), "0 0 * * * *");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, text).expect("write config");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+
+    let mut seen = Vec::<String>::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline
+        && !(seen.iter().any(|m| m.contains("READY=1"))
+            && seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2)
+    {
+        match sock.recv(&mut buf) {
+            Ok(n) => seen.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(_) => break,
+        }
+    }
+    let pid = child.id().to_string();
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && !seen.iter().any(|m| m.contains("STOPPING=1")) {
+        match sock.recv(&mut buf) {
+            Ok(n) => seen.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(_) => break,
+        }
+    }
+    let status = child.wait().expect("wait");
+    drop(emu);
+    let all = seen.join("|");
+    let ready_at = seen.iter().position(|m| m.contains("READY=1")).expect("READY=1 sent");
+    let status_at = seen.iter().position(|m| m.contains("STATUS=")).expect("STATUS= sent");
+    assert!(status_at <= ready_at, "the first pass reports STATUS before READY: {all}");
+    assert!(seen.iter().any(|m| m.contains("STATUS=2 managed")), "{all}");
+    assert!(seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2, "{all}");
+    assert!(seen.last().is_some_and(|m| m.contains("STOPPING=1")), "{all}");
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+}

@@ -160,10 +160,19 @@ async fn the_new_certificate_is_served_after_the_reload() {
         ]
     );
 
-    // C, reloaded by `nginx -s reload`.
+    // C, reloaded by `nginx -s reload`; the context read back from the state directory, as the
+    // daemon builds it.
     let outcome = site.install(&c);
     let plan = nginx.plan(nginx.action(false));
-    apply_after_install(&plan, &site.change(&outcome, &b, &c), site.rollback())
+    let ctx = reload::ChangeContext::after_install(
+        &site.state,
+        NAME,
+        reload::InstalledPaths::from(&site.paths),
+        outcome.changed,
+    )
+    .unwrap();
+    assert_eq!(ctx, site.change(&outcome, &b, &c));
+    apply_after_install(&plan, &ctx, site.rollback())
         .await
         .unwrap();
     assert_eq!(served(&ep).await, c.fingerprint);

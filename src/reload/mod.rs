@@ -11,8 +11,9 @@
 //!    `systemctl reload`, a command);
 //! 4. the served-certificate check: each endpoint must present the new leaf (by SHA-256
 //!    fingerprint) within the verify window (old workers drain, systemd reloads are
-//!    asynchronous). `nginx -s reload` exits 0 even when the master rejects the new
-//!    configuration; this check is what catches it;
+//!    asynchronous). A reload signal is fire-and-forget: an nginx master that rejects the new
+//!    configuration only logs it and keeps the old one, an Apache parent that fails on the new
+//!    certificate exits while `-k graceful` reports success; this check is what catches both;
 //! 5. `deploy` hooks (their failures are reported, not rolled back: the certificate is served);
 //! 6. `post` hooks, also after a failure (with `CCM_RESULT=failure`).
 //!
@@ -449,6 +450,50 @@ pub struct ChangeContext {
     pub old_fingerprint: Option<String>,
     /// SHA-256 of the leaf just installed.
     pub new_fingerprint: String,
+}
+
+impl ChangeContext {
+    /// The context after an install of `name`, read from the state directory: the new leaf from
+    /// the last good version (what the install just put in place), the old one from the
+    /// previous version (`None` on a first install). `changed` is
+    /// [`crate::install::InstallOutcome::changed`] (or the renewal report's `install_changed`).
+    pub fn after_install(
+        state: &crate::install::StateDir,
+        name: &str,
+        paths: InstalledPaths,
+        changed: bool,
+    ) -> Result<Self, String> {
+        let leaf = |v: &crate::install::StoredVersion| {
+            use crate::install::Role;
+            let file = v.file(Role::Cert).or_else(|| v.file(Role::Fullchain))?;
+            let pem = std::str::from_utf8(file.contents()).ok()?;
+            crate::pki::parse_cert(pem).ok()
+        };
+        let current = crate::install::last_good(state, name)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("certificate {name}: nothing installed"))?;
+        let new = leaf(&current).ok_or_else(|| {
+            format!("certificate {name}: the installed version has no readable certificate")
+        })?;
+        let old = crate::install::previous(state, name)
+            .map_err(|e| e.to_string())?
+            .as_ref()
+            .and_then(leaf);
+        let names = new
+            .sans
+            .iter()
+            .filter(|s| matches!(s.kind(), "DNS" | "IP"))
+            .map(crate::pki::SubjectAltName::value)
+            .collect();
+        Ok(ChangeContext {
+            name: name.to_owned(),
+            changed,
+            paths,
+            names,
+            old_fingerprint: old.map(|c| c.sha256_fingerprint_hex),
+            new_fingerprint: new.sha256_fingerprint_hex,
+        })
+    }
 }
 
 /// Which step of the sequence.

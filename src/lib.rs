@@ -7,6 +7,8 @@
 //! - [`agent`]: the daemon: renewal planning ([`agent::plan`]), issuance journal (and, later,
 //!   the watch loop).
 //! - [`install`]: verify before swap, atomic durable install of cert/chain/key, rollback.
+//! - [`reload`]: after an install: hooks, server config test and reload, the served-certificate
+//!   check over TLS, rollback.
 //! - [`pki`]: key generation, X.509 building, signing and parsing shared by both.
 //! - [`deploy`]: pushing renewed certificates to ELB / WAF through SCM (push, batch-push,
 //!   deploy), never twice for the same certificate.
@@ -21,4 +23,5 @@ pub mod emulator;
 pub mod install;
 pub mod metrics;
 pub mod pki;
+pub mod reload;
 pub mod systemd;

@@ -110,6 +110,9 @@ fn full_example_documents_every_key() {
         "[[certificates]]\n[certificates.deploy]",
         "[[certificates]]\n[[certificates.deploy.targets]]",
         "[[certificates]]\n[[certificates.deploy.targets]]\n[[certificates.deploy.targets.resources]]",
+        "[[certificates]]\n[[certificates.reload]]",
+        "[[certificates]]\n[[certificates.verify]]",
+        "[[certificates]]\n[certificates.hooks]",
     ];
     let mut missing = Vec::new();
     for table in tables {

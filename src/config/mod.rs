@@ -367,6 +367,8 @@ pub struct ManagedCertificate {
     pub output: Output,
     /// Cloud targets (`[certificates.deploy]`); `None` when not configured.
     pub deploy: Option<crate::deploy::DeploySpec>,
+    /// What to run and check after the files changed (empty: nothing).
+    pub reload: crate::reload::ReloadPlan,
 }
 
 // Built once per configuration load: the size difference does not matter.
@@ -2021,12 +2023,22 @@ fn check_certificate(
         },
         None => Some(None),
     };
+    let reload = crate::reload::config::check(
+        &format!("{prefix}."),
+        &raw.reload,
+        &raw.verify,
+        raw.verify_timeout.as_ref(),
+        raw.hooks.as_ref(),
+    );
+    c.problems.extend(reload.problems);
+    c.warnings.extend(reload.warnings);
     Some(ManagedCertificate {
         name: name?,
         source: source?,
         renew,
         output: output?,
         deploy: deploy?,
+        reload: reload.plan,
     })
 }
 

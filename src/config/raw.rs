@@ -121,6 +121,13 @@ pub struct RawCertificate {
     pub output: RawOutput,
     /// `[certificates.deploy]`: cloud targets (ELB / WAF through SCM).
     pub deploy: Option<crate::deploy::RawDeploy>,
+    // After an install: reload actions, served-certificate checks, hooks (see `crate::reload`).
+    #[serde(default)]
+    pub reload: Vec<crate::reload::config::RawReload>,
+    #[serde(default)]
+    pub verify: Vec<crate::reload::config::RawVerify>,
+    pub verify_timeout: Option<String>,
+    pub hooks: Option<crate::reload::config::RawHooks>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]

@@ -1,0 +1,252 @@
+//! A real Apache httpd (`apache2 -f <temp>/httpd.conf`) on a loopback high port, with its own
+//! ServerRoot, pid file, runtime directory and logs under a temp directory, serving TLS from the
+//! files the agent installs. The agent's reload must make it serve a new certificate (checked
+//! over TLS), and roll back when the configuration is broken.
+//!
+//! Apache's `-t` checks syntax only: mod_ssl loads certificates at startup, so a key that does
+//! not match passes the test, and the graceful restart then takes the whole server down
+//! ("AH02565 ... do not match", "Configuration Failed, exiting") while `-k graceful` exits 0.
+//! The served-certificate check is what notices; the rollback's `-k graceful` starts the server
+//! again on the old files.
+//!
+//! Skipped (with a message) when apache2/httpd is not installed; CI installs apache2.
+
+#![allow(clippy::unwrap_used)]
+
+mod reload_common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ccm_agent::reload::{
+    ApacheAction, Hooks, ProbeError, ReloadAction, ReloadPlan, Stage, apply_after_install,
+    served_fingerprint,
+};
+use reload_common::*;
+
+const VERIFY: Duration = Duration::from_secs(10);
+
+const MODULE_DIRS: [&str; 3] = [
+    "/usr/lib/apache2/modules",
+    "/usr/lib64/httpd/modules",
+    "/usr/lib/httpd/modules",
+];
+
+struct Apache {
+    binary: PathBuf,
+    conf: PathBuf,
+    pid_file: PathBuf,
+    port: u16,
+    _running: Running,
+}
+
+fn start(site: &Site, key: &Path) -> Option<Apache> {
+    let Some(binary) = find_binary(&["apache2", "httpd"]) else {
+        eprintln!("skipped: Apache httpd is not installed (apt-get install apache2)");
+        return None;
+    };
+    let Some(modules) = MODULE_DIRS
+        .iter()
+        .map(Path::new)
+        .find(|d| d.join("mod_ssl.so").is_file())
+    else {
+        eprintln!("skipped: mod_ssl.so not found in {MODULE_DIRS:?}");
+        return None;
+    };
+    let dir = site.dir();
+    let port = free_port();
+    let conf = dir.join("httpd.conf");
+    let pid_file = dir.join("httpd.pid");
+    for d in ["run", "htdocs"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(dir.join("extra.conf"), "# included\n").unwrap();
+    let load = |name: &str, file: &str| {
+        let path = modules.join(file);
+        if path.is_file() {
+            format!("LoadModule {name} {}\n", path.display())
+        } else {
+            String::new() // built in
+        }
+    };
+    // As root, children switch to User/Group; elsewhere the directives are ignored.
+    let user = if is_root() {
+        "User nobody\nGroup nogroup\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        r#"ServerRoot "{dir}"
+DefaultRuntimeDir "{dir}/run"
+PidFile "{pid}"
+ErrorLog "{dir}/error.log"
+LogLevel notice
+{user}Listen 127.0.0.1:{port}
+{mpm}{authz}{socache}{ssl}ServerName {SNI}
+DocumentRoot "{dir}/htdocs"
+Include "{dir}/extra.conf"
+<VirtualHost 127.0.0.1:{port}>
+    ServerName {SNI}
+    SSLEngine on
+    SSLCertificateFile "{fullchain}"
+    SSLCertificateKeyFile "{key}"
+</VirtualHost>
+"#,
+        dir = dir.display(),
+        pid = pid_file.display(),
+        mpm = load("mpm_event_module", "mod_mpm_event.so"),
+        authz = load("authz_core_module", "mod_authz_core.so"),
+        socache = load("socache_shmcb_module", "mod_socache_shmcb.so"),
+        ssl = load("ssl_module", "mod_ssl.so"),
+        fullchain = site.paths.fullchain.display(),
+        key = key.display(),
+    );
+    std::fs::write(&conf, text).unwrap();
+    let (b, c) = (binary.to_str().unwrap(), conf.to_str().unwrap());
+    run(&[b, "-f", c, "-k", "start"]);
+    Some(Apache {
+        binary,
+        conf,
+        pid_file: pid_file.clone(),
+        port,
+        _running: Running {
+            pid_file,
+            error_log: dir.join("error.log"),
+        },
+    })
+}
+
+impl Apache {
+    /// The server binary itself takes the same `-f`, `-t` and `-k graceful` as apachectl.
+    fn action(&self, by_pid: bool) -> ReloadAction {
+        ReloadAction::Apache(ApacheAction {
+            binary: self.binary.clone(),
+            config: Some(self.conf.clone()),
+            pid_file: by_pid.then(|| self.pid_file.clone()),
+            systemd_unit: None,
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    fn plan(&self, action: ReloadAction) -> ReloadPlan {
+        ReloadPlan {
+            actions: vec![action],
+            verify: vec![endpoint(self.port)],
+            verify_timeout: VERIFY,
+            hooks: Hooks::default(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_new_certificate_is_served_after_a_graceful_restart() {
+    let site = Site::new();
+    let (a, b, c) = (leaf(), leaf(), leaf());
+    site.install(&a);
+    let key = site.paths.key.clone();
+    let Some(apache) = start(&site, &key) else {
+        return;
+    };
+    let ep = endpoint(apache.port);
+    wait_served(&ep, &a.fingerprint, VERIFY).await;
+
+    // B, by `apache2 -f CONF -k graceful`.
+    let outcome = site.install(&b);
+    let report = apply_after_install(
+        &apache.plan(apache.action(false)),
+        &site.change(&outcome, &a, &b),
+        site.rollback(),
+    )
+    .await
+    .unwrap();
+    assert!(report.verified[0].matches(&b.fingerprint));
+    assert_eq!(served(&ep).await, b.fingerprint);
+    let stages: Vec<Stage> = report.steps.iter().map(|s| s.stage).collect();
+    assert_eq!(stages, [Stage::ConfigTest, Stage::Reload, Stage::Verify]);
+
+    // C, by SIGUSR1 to the parent.
+    let outcome = site.install(&c);
+    apply_after_install(
+        &apache.plan(apache.action(true)),
+        &site.change(&outcome, &b, &c),
+        site.rollback(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(served(&ep).await, c.fingerprint);
+}
+
+/// A key Apache reads from a file the agent does not manage: `-t` passes, the graceful restart
+/// kills the server, the check finds nothing listening, and the rollback brings it back with
+/// the old certificate.
+#[tokio::test]
+async fn a_key_mismatch_is_caught_by_the_served_check_and_rolled_back() {
+    let site = Site::new();
+    let (a, b) = (leaf(), leaf());
+    site.install(&a);
+    let pinned = site.dir().join("pinned.key");
+    std::fs::write(&pinned, &a.key).unwrap();
+    let Some(apache) = start(&site, &pinned) else {
+        return;
+    };
+    let ep = endpoint(apache.port);
+    wait_served(&ep, &a.fingerprint, VERIFY).await;
+
+    let outcome = site.install(&b);
+    let mut plan = apache.plan(apache.action(false));
+    plan.verify_timeout = Duration::from_secs(3);
+    let e = apply_after_install(&plan, &site.change(&outcome, &a, &b), site.rollback())
+        .await
+        .unwrap_err();
+    assert_eq!(e.stage, Stage::Verify, "{e}");
+    assert_eq!(e.result_label(), "verify_failed");
+    assert!(e.detail.contains(&b.fingerprint), "{}", e.detail);
+    assert_eq!(e.rollback.files, Ok(()));
+    assert_eq!(e.rollback.reload, Some(Ok(())), "{}", e.rollback);
+    assert_eq!(e.rollback.old_served, Some(Ok(())), "{}", e.rollback);
+    assert_eq!(site.installed_fingerprint(), a.fingerprint);
+    assert_eq!(served(&ep).await, a.fingerprint);
+    let log = std::fs::read_to_string(site.dir().join("error.log")).unwrap();
+    assert!(log.contains("AH02565"), "{log}");
+    // What the check saw: the server gone (or, on a fast machine, still the old certificate).
+    assert!(
+        e.detail.contains("connect") || e.detail.contains(&a.fingerprint),
+        "{}",
+        e.detail
+    );
+}
+
+/// A syntax error in an included file: `-t` fails with Apache's message, nothing is restarted,
+/// the files are put back, and the old certificate is still served.
+#[tokio::test]
+async fn a_failed_config_test_rolls_back_and_the_old_certificate_stays() {
+    let site = Site::new();
+    let (a, b) = (leaf(), leaf());
+    site.install(&a);
+    let key = site.paths.key.clone();
+    let Some(apache) = start(&site, &key) else {
+        return;
+    };
+    let ep = endpoint(apache.port);
+    wait_served(&ep, &a.fingerprint, VERIFY).await;
+    std::fs::write(site.dir().join("extra.conf"), "SSLBogusDirective on\n").unwrap();
+
+    let outcome = site.install(&b);
+    let e = apply_after_install(
+        &apache.plan(apache.action(false)),
+        &site.change(&outcome, &a, &b),
+        site.rollback(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.stage, Stage::ConfigTest, "{e}");
+    assert!(e.stderr.contains("SSLBogusDirective"), "{}", e.stderr);
+    assert!(e.to_string().contains("Invalid command"), "{e}");
+    assert_eq!(e.rollback.reload, None);
+    assert_eq!(e.rollback.old_served, Some(Ok(())));
+    assert_eq!(site.installed_fingerprint(), a.fingerprint);
+    assert_eq!(served(&ep).await, a.fingerprint);
+    // The server was never touched: still the same parent.
+    let probe = served_fingerprint(&ep, Duration::from_secs(5)).await;
+    assert!(!matches!(probe, Err(ProbeError::Connect { .. })));
+}

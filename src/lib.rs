@@ -9,11 +9,13 @@
 //! - [`install`]: verify before swap, atomic durable install of cert/chain/key, rollback.
 //! - [`pki`]: key generation, X.509 building, signing and parsing shared by both.
 //! - [`config`]: the agent's TOML configuration, validated into typed settings.
+//! - [`metrics`]: Prometheus metrics, the readiness latch, `/metrics` `/healthz` `/readyz`.
 
 pub mod agent;
 pub mod cloud;
 pub mod config;
 pub mod emulator;
 pub mod install;
+pub mod metrics;
 pub mod pki;
 pub mod systemd;

@@ -195,6 +195,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             shutdown,
             on_cycle: Some(Box::new(on_cycle)),
             notifier: ccm_agent::systemd::Notifier::disabled(),
+            reload_config: None,
         },
     )
     .await?;

@@ -12,7 +12,7 @@ use clap::Parser;
 
 use ccm_agent::agent::clock::Clock;
 use ccm_agent::agent::daemon::{self, RunOptions, StatusFile};
-use ccm_agent::agent::renew::{Action, CheckOptions, Renewer};
+use ccm_agent::agent::renew::{Action, CheckOptions};
 use ccm_agent::cloud::Secret;
 use ccm_agent::config::{CertificateSource, Config, LogFormat};
 use ccm_agent::emulator::{Emulator, EmulatorConfig};
@@ -30,6 +30,7 @@ fn main() -> ExitCode {
             let Some(config) = load_config(&args.config) else {
                 return ExitCode::from(EXIT_CONFIG);
             };
+            let config_path = args.config.clone();
             init_tracing(cli.log_format.as_deref(), Some(&config));
             let credentials = match config.resolve_credentials(&|k| std::env::var(k).ok()) {
                 Ok(c) => c,
@@ -77,6 +78,9 @@ fn main() -> ExitCode {
                         shutdown,
                         on_cycle: None,
                         notifier: ccm_agent::systemd::Notifier::from_env(),
+                        reload_config: Some(Box::new(move || {
+                            Config::load(&config_path).map_err(|e| e.to_string())
+                        })),
                     },
                 )
                 .await?;
@@ -341,12 +345,19 @@ fn renew(config: Config, args: RenewArgs) -> ExitCode {
                 config.agent.state_dir.display()
             )
         })?;
-        let renewer = Renewer::new(
+        // A running daemon holds the state lock; renewing beside it would race its checks.
+        let _lock = if args.dry_run {
+            None
+        } else {
+            Some(daemon::StateLock::acquire(&config.agent.state_dir)?)
+        };
+        let agent = std::sync::Arc::new(daemon::Agent::new(
+            std::sync::Arc::new(config.clone()),
             client,
-            &config.agent.state_dir,
+            ccm_agent::metrics::Metrics::new(),
+            ccm_agent::metrics::Readiness::new(),
             Clock::system(),
-            config.agent.effective_host_id(),
-        )?;
+        )?);
         let opts = CheckOptions {
             force: args.force,
             dry_run: args.dry_run,
@@ -357,7 +368,7 @@ fn renew(config: Config, args: RenewArgs) -> ExitCode {
             .iter()
             .filter(|c| args.names.is_empty() || args.names.contains(&c.name))
         {
-            match renewer.check(cert, opts).await {
+            match agent.pass(cert, opts).await {
                 Ok(report) => {
                     match &report.action {
                         Action::WouldDo(steps) => {
@@ -367,6 +378,21 @@ fn renew(config: Config, args: RenewArgs) -> ExitCode {
                             }
                             if steps.is_empty() {
                                 println!("  nothing (not due)");
+                            } else {
+                                // After a change: the reloads and hooks, then the cloud targets.
+                                for line in ccm_agent::reload::describe(&cert.reload) {
+                                    println!("  {line}");
+                                }
+                                if let Some(spec) = &cert.deploy {
+                                    let store = ccm_agent::deploy::DeployStore::new(
+                                        agent.renewer().state_dir(),
+                                    );
+                                    let material = dry_run_material(cert);
+                                    match ccm_agent::deploy::describe(&store, spec, &material) {
+                                        Ok(lines) => lines.iter().for_each(|l| println!("  {l}")),
+                                        Err(e) => println!("  cloud targets: {e}"),
+                                    }
+                                }
                             }
                         }
                         Action::None => println!("{}: up to date, nothing to do", report.name),
@@ -388,6 +414,30 @@ fn renew(config: Config, args: RenewArgs) -> ExitCode {
             ExitCode::SUCCESS
         })
     })
+}
+
+/// What a dry run can say about the certificate it would deploy: the one installed now (the
+/// new one is not issued in a dry run), or a placeholder naming it.
+fn dry_run_material(
+    cert: &ccm_agent::config::ManagedCertificate,
+) -> ccm_agent::deploy::CertMaterial {
+    let pem = cert
+        .output
+        .cert
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    match &cert.source {
+        CertificateSource::Scm(_) => {
+            ccm_agent::deploy::CertMaterial::scm(&cert.name, "(selected at renewal)", pem)
+        }
+        CertificateSource::Pca(_) => ccm_agent::deploy::CertMaterial::local(
+            &cert.name,
+            pem,
+            String::new(),
+            Secret::new(String::new()),
+        ),
+    }
 }
 
 async fn run_emulator(args: EmulatorArgs) -> anyhow::Result<ExitCode> {

@@ -13,6 +13,7 @@ use ccm_agent::config::Config;
 use ccm_agent::emulator::{Emulator, EmulatorConfig};
 
 async fn emulator_with_ca() -> (Emulator, String) {
+    ccm_agent::cloud::install_crypto_provider();
     let emu = Emulator::start(EmulatorConfig::default())
         .await
         .expect("emulator");
@@ -138,6 +139,7 @@ async fn daemon_installs_renews_and_reports() {
             shutdown: shutdown.clone(),
             on_cycle: None,
             notifier: ccm_agent::systemd::Notifier::disabled(),
+            reload_config: None,
         },
     ));
 
@@ -265,6 +267,7 @@ async fn failures_are_counted_and_the_files_stay() {
             shutdown: shutdown.clone(),
             on_cycle: None,
             notifier: ccm_agent::systemd::Notifier::disabled(),
+            reload_config: None,
         },
     ));
     let start = Instant::now();
@@ -295,7 +298,15 @@ async fn failures_are_counted_and_the_files_stay() {
         !dir.path().join("live/web/cert.pem").exists(),
         "nothing installed from a failure"
     );
-    let status = StatusFile::load(&dir.path().join("state")).expect("status");
+    // The status file is written at the end of the pass that counted the failure.
+    let state = dir.path().join("state");
+    wait_for("status file", Duration::from_secs(20), || {
+        StatusFile::load(&state)
+            .map(|s| s.certificates.iter().any(|c| c.name == "web"))
+            .unwrap_or(false)
+    })
+    .await;
+    let status = StatusFile::load(&state).expect("status");
     let web = status
         .certificates
         .iter()
@@ -386,6 +397,26 @@ fn systemd_notify_ready_status_watchdog_stopping() {
         }
     }
     let pid = child.id().to_string();
+    // SIGHUP with a broken file: RELOADING=1, the error is logged, READY=1 again, still running.
+    std::fs::write(&cfg, "[agent]\nconcurrency = 0\n").expect("break config");
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let before = seen.len();
+    while Instant::now() < deadline
+        && !(seen[before..].iter().any(|m| m.contains("RELOADING=1"))
+            && seen[before..].iter().any(|m| m.contains("READY=1")))
+    {
+        match sock.recv(&mut buf) {
+            Ok(n) => seen.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "an invalid config on SIGHUP must not stop the agent"
+    );
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status();
@@ -415,6 +446,15 @@ fn systemd_notify_ready_status_watchdog_stopping() {
     assert!(
         seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2,
         "{all}"
+    );
+    let reloading = seen
+        .iter()
+        .position(|m| m.contains("RELOADING=1"))
+        .expect("RELOADING=1 on SIGHUP");
+    assert!(seen[reloading].contains("MONOTONIC_USEC="), "{all}");
+    assert!(
+        seen[reloading..].iter().any(|m| m.contains("READY=1")),
+        "READY=1 after reload: {all}"
     );
     assert!(
         seen.last().is_some_and(|m| m.contains("STOPPING=1")),

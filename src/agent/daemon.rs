@@ -81,6 +81,42 @@ fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
+/// The agent's exclusive hold on its state directory: the daemon keeps it while it runs, and
+/// `ccm-agent renew` takes it, so the two never renew the same certificate at once. Released
+/// when dropped (or when the process dies: it is an advisory `flock`).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    pub const FILE: &'static str = "agent.lock";
+
+    pub fn acquire(state_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("agent.state_dir: creating {}", state_dir.display()))?;
+        let path = state_dir.join(Self::FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another ccm-agent (the daemon, or a renew) is using {} (lock {}); \
+                 stop it or wait: running both would renew the same certificates twice",
+                state_dir.display(),
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+    }
+}
+
 /// Build the cloud client from the configuration, reporting requests to `metrics`.
 pub fn build_client(
     config: &Config,
@@ -102,7 +138,7 @@ pub fn build_client(
 
 /// Everything a running agent shares between its tasks.
 pub struct Agent {
-    config: Arc<Config>,
+    config: std::sync::RwLock<Arc<Config>>,
     renewer: Arc<Renewer>,
     metrics: Arc<Metrics>,
     readiness: Readiness,
@@ -110,6 +146,33 @@ pub struct Agent {
     status: Mutex<HashMap<String, CertStatus>>,
     /// Per certificate: failures in a row and when the next attempt may run (wall time).
     backoff: Mutex<HashMap<String, (u32, Instant)>>,
+    client: Client,
+    reload_metrics: crate::reload::metrics::ReloadMetrics,
+    deploy_metrics: prometheus::IntCounterVec,
+}
+
+/// Why a certificate's pass failed: the renewal itself, or what follows a changed install.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error(transparent)]
+    Renew(#[from] RenewError),
+    /// The reload, config test or served-certificate check failed; the previous files were
+    /// restored (see the error's rollback part).
+    #[error("{0}")]
+    Reload(Box<crate::reload::ReloadError>),
+    /// Some cloud targets still fail after the run's attempts (the rest were deployed).
+    #[error("certificate {name}: cloud deploy incomplete: {detail}")]
+    Deploy { name: String, detail: String },
+}
+
+impl PassError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PassError::Renew(e) => e.kind(),
+            PassError::Reload(e) => e.result_label(),
+            PassError::Deploy { .. } => "deploy",
+        }
+    }
 }
 
 /// The outcome of one pass over the certificates.
@@ -148,8 +211,21 @@ impl Agent {
                 config.agent.state_dir.display()
             )
         })?;
+        let reload_metrics = crate::reload::metrics::ReloadMetrics::register(metrics.registry())
+            .context("registering reload metrics")?;
+        let deploy_metrics = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "ccm_agent_deploys_total",
+                "Pushes and deployments to cloud targets, per region or resource, by result (ok, error).",
+            ),
+            &["name", "service", "target", "result"],
+        )?;
+        metrics
+            .registry()
+            .register(Box::new(deploy_metrics.clone()))
+            .context("registering deploy metrics")?;
         let renewer = Renewer::new(
-            client,
+            client.clone(),
             &config.agent.state_dir,
             clock.clone(),
             config.agent.effective_host_id(),
@@ -163,18 +239,48 @@ impl Agent {
             .map(|c| (c.name.clone(), c))
             .collect();
         Ok(Self {
-            config,
+            config: std::sync::RwLock::new(config),
             renewer: Arc::new(renewer),
             metrics,
             readiness,
             clock,
             status: Mutex::new(status),
             backoff: Mutex::new(HashMap::new()),
+            client,
+            reload_metrics,
+            deploy_metrics,
         })
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in force (replaced by [`Agent::replace_config`]).
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Take a new, already validated configuration: the certificates, their policies, outputs,
+    /// reloads and cloud targets. Settings that only a restart changes (state directory,
+    /// endpoints and credentials, metrics address, schedule) are kept, with a warning.
+    pub fn replace_config(&self, new: Arc<Config>) {
+        let old = self.config();
+        if new.agent.state_dir != old.agent.state_dir
+            || new.cloud.endpoints != old.cloud.endpoints
+            || new.metrics.listen != old.metrics.listen
+            || new.agent.schedule.expression() != old.agent.schedule.expression()
+        {
+            tracing::warn!(
+                "state_dir, cloud endpoints, metrics.listen and schedule changes take effect at the next restart"
+            );
+        }
+        let names: Vec<&str> = new.certificates.iter().map(|c| c.name.as_str()).collect();
+        self.metrics.retain_certificates(names.iter().copied());
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| names.contains(&name.as_str()));
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = new;
     }
 
     pub fn renewer(&self) -> &Renewer {
@@ -183,7 +289,8 @@ impl Agent {
 
     /// Resume issuances a crash interrupted, before the first check.
     pub async fn resume(&self) {
-        for result in self.renewer.resume(&self.config.certificates).await {
+        let config = self.config();
+        for result in self.renewer.resume(&config.certificates).await {
             match result {
                 Ok(report) => {
                     tracing::info!(certificate = %report.name, action = ?report.action, "resumed an interrupted renewal");
@@ -195,27 +302,26 @@ impl Agent {
     }
 
     /// Check every managed certificate once (renewing what is due), `concurrency` at a time.
-    pub async fn check_all(&self, opts: CheckOptions) -> CycleSummary {
-        let semaphore = Arc::new(tokio::sync::Semaphore::new(
-            self.config.agent.concurrency.max(1),
-        ));
+    pub async fn check_all(self: &Arc<Self>, opts: CheckOptions) -> CycleSummary {
+        let config = self.config();
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(config.agent.concurrency.max(1)));
         let mut summary = CycleSummary {
-            managed: self.config.certificates.len(),
+            managed: config.certificates.len(),
             ..CycleSummary::default()
         };
         let now = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
-        for cert in &self.config.certificates {
+        for cert in &config.certificates {
             if !opts.force && self.in_backoff(&cert.name, now) {
                 summary.skipped_backoff += 1;
                 continue;
             }
             let cert = cert.clone();
-            let renewer = self.renewer.clone();
+            let agent = self.clone();
             let semaphore = semaphore.clone();
             tasks.spawn(async move {
                 let _permit = semaphore.acquire_owned().await;
-                let result = renewer.check(&cert, opts).await;
+                let result = agent.pass(&cert, opts).await;
                 (cert, result)
             });
         }
@@ -247,6 +353,121 @@ impl Agent {
         }
         self.save_status();
         summary
+    }
+
+    /// One certificate: renew or re-install if needed, then, when the files changed, reload
+    /// and verify (rolling back on failure), then bring the cloud targets up to date.
+    pub async fn pass(
+        &self,
+        cert: &ManagedCertificate,
+        opts: CheckOptions,
+    ) -> Result<CheckReport, PassError> {
+        let report = self.renewer.check(cert, opts).await?;
+        if opts.dry_run {
+            return Ok(report);
+        }
+        let state = self.renewer.state_dir();
+        if report.install_changed && !cert.reload.is_empty() {
+            let ctx = crate::reload::ChangeContext::after_install(
+                state,
+                &cert.name,
+                crate::reload::InstalledPaths::from(&cert.output),
+                true,
+            );
+            match ctx {
+                Ok(ctx) => {
+                    let state = state.clone();
+                    let name = cert.name.clone();
+                    let result =
+                        crate::reload::apply_after_install(&cert.reload, &ctx, move || {
+                            crate::install::restore_previous(&state, &name)
+                        })
+                        .await;
+                    self.reload_metrics.observe(&cert.name, &result);
+                    if let Err(e) = result {
+                        return Err(PassError::Reload(Box::new(e)));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(certificate = %cert.name, error = %e, "cannot describe the change for the reload")
+                }
+            }
+        }
+        if let Some(spec) = &cert.deploy {
+            self.deploy(cert, spec, &report).await?;
+        }
+        Ok(report)
+    }
+
+    /// Push the installed certificate to its cloud targets; only targets that do not have it
+    /// yet are called (the deploy state remembers what went where).
+    async fn deploy(
+        &self,
+        cert: &ManagedCertificate,
+        spec: &crate::deploy::DeploySpec,
+        report: &CheckReport,
+    ) -> Result<(), PassError> {
+        use crate::install::Role;
+        let state = self.renewer.state_dir();
+        let fail = |detail: String| PassError::Deploy {
+            name: cert.name.clone(),
+            detail,
+        };
+        let Some(current) =
+            crate::install::last_good(state, &cert.name).map_err(|e| fail(e.to_string()))?
+        else {
+            return Ok(());
+        };
+        let text = |role: Role| {
+            current
+                .file(role)
+                .map(|f| String::from_utf8_lossy(f.contents()).into_owned())
+                .unwrap_or_default()
+        };
+        let material = match &cert.source {
+            CertificateSource::Pca(_) => crate::deploy::CertMaterial::local(
+                &cert.name,
+                text(Role::Cert),
+                text(Role::Chain),
+                crate::cloud::Secret::new(text(Role::Key)),
+            ),
+            CertificateSource::Scm(_) => {
+                let id = match &report.action {
+                    super::renew::Action::Reexported { cloud_id } => Some(cloud_id.clone()),
+                    _ => super::renew::record::Records::new(&self.config().agent.state_dir)
+                        .load(&cert.name)
+                        .ok()
+                        .and_then(|r| r.cloud_id),
+                };
+                let Some(id) = id else {
+                    return Ok(());
+                };
+                crate::deploy::CertMaterial::scm(&cert.name, id, text(Role::Cert))
+            }
+        };
+        let store = crate::deploy::DeployStore::new(state);
+        let result =
+            crate::deploy::deploy_certificate(&self.client, &store, spec, &material, false)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+        for (service, _action, target, outcome) in result.metric_rows() {
+            let label = match outcome {
+                "deployed" => "ok",
+                "failed" => "error",
+                _ => continue,
+            };
+            self.deploy_metrics
+                .with_label_values(&[&cert.name, service, &target, label])
+                .inc();
+        }
+        if result.is_complete() {
+            if !result.calls.is_empty() {
+                tracing::info!(certificate = %cert.name, summary = %result.summary(), "cloud targets updated");
+            }
+            Ok(())
+        } else {
+            Err(fail(result.summary()))
+        }
     }
 
     fn in_backoff(&self, name: &str, now: Instant) -> bool {
@@ -334,7 +555,7 @@ impl Agent {
             .insert(report.name.clone(), entry);
     }
 
-    fn record_failure(&self, cert: &ManagedCertificate, e: &RenewError) {
+    fn record_failure(&self, cert: &ManagedCertificate, e: &PassError) {
         let kind = e.kind();
         tracing::error!(certificate = %cert.name, kind, error = %e, "certificate check failed; the files in place are unchanged");
         self.metrics.record_check(&cert.name, kind);
@@ -349,8 +570,8 @@ impl Agent {
             let failures = backoff.get(&cert.name).map(|(n, _)| n + 1).unwrap_or(1);
             let delay = super::plan::retry_delay(
                 failures,
-                self.config.agent.retry_initial,
-                self.config.agent.retry_max,
+                self.config().agent.retry_initial,
+                self.config().agent.retry_max,
                 &mut rand::rng(),
             );
             backoff.insert(cert.name.clone(), (failures, Instant::now() + delay));
@@ -382,7 +603,7 @@ impl Agent {
             updated_at: Some(rfc3339(self.clock.now())),
             certificates,
         };
-        if let Err(e) = file.save(&self.config.agent.state_dir) {
+        if let Err(e) = file.save(&self.config().agent.state_dir) {
             tracing::warn!(error = %format!("{e:#}"), "could not write the status file");
         }
     }
@@ -452,7 +673,12 @@ pub struct RunOptions {
     pub on_cycle: Option<CycleCallback>,
     /// systemd notifications (a no-op outside systemd).
     pub notifier: crate::systemd::Notifier,
+    /// Re-reads and validates the configuration on SIGHUP; `None` ignores SIGHUP.
+    pub reload_config: Option<ConfigLoader>,
 }
+
+/// Loads and validates the configuration again (SIGHUP).
+pub type ConfigLoader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
 /// Run the agent until `shutdown` is cancelled.
 pub async fn run(
@@ -460,6 +686,7 @@ pub async fn run(
     credentials: Credentials,
     opts: RunOptions,
 ) -> anyhow::Result<()> {
+    let _lock = StateLock::acquire(&config.agent.state_dir)?;
     let metrics = Metrics::with_clock(opts.clock.clone());
     let readiness = Readiness::new();
     let client = build_client(&config, credentials, Some(metrics.clone()))?;
@@ -502,6 +729,13 @@ pub async fn run(
     // Ready: configuration loaded, metrics listener bound, first check finished.
     readiness.set_ready(true);
     notifier.ready();
+    let mut hangup = match &opts.reload_config {
+        Some(_) => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("listening for SIGHUP")?,
+        ),
+        None => None,
+    };
 
     loop {
         // Besides the schedule, wake at the earliest certificate renewal time and when a
@@ -515,6 +749,12 @@ pub async fn run(
                 _ = tick.notified() => break,
                 _ = &mut sleep => break,
                 _ = next_watchdog(watchdog.as_mut()) => notifier.watchdog(),
+                _ = next_hangup(hangup.as_mut()) => {
+                    if let Some(load) = &opts.reload_config {
+                        reload_config(&agent, load, &notifier);
+                    }
+                    break;
+                }
             }
         }
         if opts.shutdown.is_cancelled() {
@@ -539,7 +779,7 @@ pub async fn run(
 /// One pass over the certificates, feeding the systemd watchdog while it runs (the loop is
 /// alive as long as it is making progress here), then STATUS= with the summary.
 async fn run_cycle(
-    agent: &Agent,
+    agent: &Arc<Agent>,
     mut watchdog: Option<&mut tokio::time::Interval>,
     notifier: &crate::systemd::Notifier,
 ) -> CycleSummary {
@@ -553,6 +793,34 @@ async fn run_cycle(
     };
     notifier.status(&summary.to_string());
     summary
+}
+
+/// SIGHUP: validate the new configuration first; an invalid one is rejected with its errors
+/// and the running configuration stays.
+fn reload_config(agent: &Agent, load: &ConfigLoader, notifier: &crate::systemd::Notifier) {
+    notifier.reloading();
+    match load() {
+        Ok(new) => {
+            tracing::info!(
+                certificates = new.certificates.len(),
+                "configuration reloaded"
+            );
+            agent.replace_config(Arc::new(new));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "configuration reload rejected; the running configuration stays")
+        }
+    }
+    notifier.ready();
+}
+
+async fn next_hangup(hangup: Option<&mut tokio::signal::unix::Signal>) {
+    match hangup {
+        Some(h) => {
+            h.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 async fn next_watchdog(watchdog: Option<&mut tokio::time::Interval>) {

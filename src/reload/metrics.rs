@@ -8,16 +8,16 @@ use super::{ReloadError, ReloadReport, Stage};
 
 #[derive(Clone, Debug)]
 pub struct ReloadMetrics {
-    /// `ccm_agent_reloads_total{certificate, result}`: `success`, `config_test_failed`,
+    /// `ccm_agent_reloads_total{name, result}`: `ok`, `config_test_failed`,
     /// `reload_failed`, `verify_failed`, `pre_hook_failed`.
     pub reloads: IntCounterVec,
-    /// `ccm_agent_rollbacks_total{certificate, result}`: `complete` or `incomplete`.
+    /// `ccm_agent_rollbacks_total{name, result}`: `complete` or `incomplete`.
     pub rollbacks: IntCounterVec,
-    /// `ccm_agent_served_certificate_match{certificate}`: 1 when every endpoint served the
+    /// `ccm_agent_served_certificate_match{name}`: 1 when every endpoint served the
     /// installed certificate at the last check (the old one again, after a rollback), 0 when
     /// one did not. Absent until checked.
     pub served_match: IntGaugeVec,
-    /// `ccm_agent_hook_failures_total{certificate, hook}`: `pre`, `deploy`, `post`.
+    /// `ccm_agent_hook_failures_total{name, hook}`: `pre`, `deploy`, `post`.
     pub hook_failures: IntCounterVec,
 }
 
@@ -30,25 +30,25 @@ impl ReloadMetrics {
                     "ccm_agent_reloads_total",
                     "Server reloads after a certificate change, by result.",
                 ),
-                &["certificate", "result"],
+                &["name", "result"],
             )?,
             rollbacks: IntCounterVec::new(
                 Opts::new(
                     "ccm_agent_rollbacks_total",
                     "Rollbacks after a failed reload or check, by whether they completed.",
                 ),
-                &["certificate", "result"],
+                &["name", "result"],
             )?,
             served_match: IntGaugeVec::new(
                 Opts::new(
                     "ccm_agent_served_certificate_match",
                     "1 if the endpoints served the installed certificate at the last check.",
                 ),
-                &["certificate"],
+                &["name"],
             )?,
             hook_failures: IntCounterVec::new(
                 Opts::new("ccm_agent_hook_failures_total", "Failed hooks, by hook."),
-                &["certificate", "hook"],
+                &["name", "hook"],
             )?,
         };
         registry.register(Box::new(m.reloads.clone()))?;
@@ -63,7 +63,7 @@ impl ReloadMetrics {
         match result {
             Ok(r) if !r.ran => {}
             Ok(r) => {
-                self.reloads.with_label_values(&[name, "success"]).inc();
+                self.reloads.with_label_values(&[name, "ok"]).inc();
                 if !r.verified.is_empty() {
                     self.served_match.with_label_values(&[name]).set(1);
                 }

@@ -334,7 +334,7 @@ async fn verify_mismatch_rolls_back_and_reloads_again() {
         m.reloads.with_label_values(&["www", "verify_failed"]).get(),
         1
     );
-    assert_eq!(m.reloads.with_label_values(&["www", "success"]).get(), 0);
+    assert_eq!(m.reloads.with_label_values(&["www", "ok"]).get(), 0);
     assert_eq!(
         m.rollbacks.with_label_values(&["www", "incomplete"]).get(),
         1
@@ -474,7 +474,7 @@ async fn a_hanging_hook_is_killed_and_reported() {
         m.hook_failures.with_label_values(&["www", "deploy"]).get(),
         1
     );
-    assert_eq!(m.reloads.with_label_values(&["www", "success"]).get(), 1);
+    assert_eq!(m.reloads.with_label_values(&["www", "ok"]).get(), 1);
 }
 
 #[tokio::test]

@@ -307,12 +307,12 @@ pub fn verify_signed_by(cert: &CertInfo, issuer: &CertInfo) -> Result<(), PkiErr
         issuer: issuer.subject.to_string(),
         reason,
     };
-    if let (Some(aki), Some(ski)) = (&cert.authority_key_id_hex, &issuer.subject_key_id_hex) {
-        if aki != ski {
-            return Err(bad(format!(
-                "authority key identifier {aki} differs from the issuer's subject key identifier {ski}"
-            )));
-        }
+    if let (Some(aki), Some(ski)) = (&cert.authority_key_id_hex, &issuer.subject_key_id_hex)
+        && aki != ski
+    {
+        return Err(bad(format!(
+            "authority key identifier {aki} differs from the issuer's subject key identifier {ski}"
+        )));
     }
     if x.signature_algorithm != x.tbs_certificate.signature {
         return Err(bad(
@@ -417,13 +417,13 @@ fn check_issuer_role(ca: &CertInfo, below: usize) -> Result<(), PkiError> {
             ca.subject
         )));
     }
-    if let Some(max) = ca.path_length {
-        if below > usize::from(max) {
-            return Err(PkiError::Chain(format!(
-                "{} has pathLenConstraint {max} but {below} CA certificate(s) follow it",
-                ca.subject
-            )));
-        }
+    if let Some(max) = ca.path_length
+        && below > usize::from(max)
+    {
+        return Err(PkiError::Chain(format!(
+            "{} has pathLenConstraint {max} but {below} CA certificate(s) follow it",
+            ca.subject
+        )));
     }
     Ok(())
 }

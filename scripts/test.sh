@@ -26,3 +26,6 @@ cargo test --locked --all-targets
 echo "==> official Huawei Cloud SDKs against the emulator"
 cargo build --locked --bin ccm-agent
 CCM_AGENT_BIN="$TARGET/debug/ccm-agent" "$PY" -m pytest -q tests/sdk
+
+echo "==> packaging: systemd unit, .deb, alert rules, dashboard, container, Kubernetes"
+bash scripts/ship-checks.sh

@@ -196,6 +196,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             on_cycle: Some(Box::new(on_cycle)),
             notifier: ccm_agent::systemd::Notifier::disabled(),
             reload_config: None,
+            config_path: None,
         },
     )
     .await?;

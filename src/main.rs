@@ -31,6 +31,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             };
             let config_path = args.config.clone();
+            let reload_path = args.config.clone();
             init_tracing(cli.log_format.as_deref(), Some(&config));
             let credentials = match config.resolve_credentials(&|k| std::env::var(k).ok()) {
                 Ok(c) => c,
@@ -79,8 +80,9 @@ fn main() -> ExitCode {
                         on_cycle: None,
                         notifier: ccm_agent::systemd::Notifier::from_env(),
                         reload_config: Some(Box::new(move || {
-                            Config::load(&config_path).map_err(|e| e.to_string())
+                            Config::load(&reload_path).map_err(|e| e.to_string())
                         })),
+                        config_path: std::path::absolute(&config_path).ok(),
                     },
                 )
                 .await?;

@@ -140,6 +140,7 @@ async fn daemon_installs_renews_and_reports() {
             on_cycle: None,
             notifier: ccm_agent::systemd::Notifier::disabled(),
             reload_config: None,
+            config_path: None,
         },
     ));
 
@@ -268,6 +269,7 @@ async fn failures_are_counted_and_the_files_stay() {
             on_cycle: None,
             notifier: ccm_agent::systemd::Notifier::disabled(),
             reload_config: None,
+            config_path: None,
         },
     ));
     let start = Instant::now();
@@ -461,4 +463,67 @@ fn systemd_notify_ready_status_watchdog_stopping() {
         "{all}"
     );
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_key_is_restored_within_seconds_without_the_cloud() {
+    let (emu, ca_id) = emulator_with_ca().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    // Hourly: only the file watcher can notice the deletion within the test.
+    let text = config_text(dir.path(), &emu, &ca_id, &addr, "0 0 * * * *");
+    let config = Arc::new(Config::from_str(&text, "test.toml").expect("config"));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let shared = emu.shared().clone();
+    let run = tokio::spawn(daemon::run(
+        config,
+        Credentials::AkSk(emu.aksk()),
+        RunOptions {
+            clock: Clock::from_fn(move || shared.now()),
+            metrics_listener: Some(listener),
+            shutdown: shutdown.clone(),
+            on_cycle: None,
+            notifier: ccm_agent::systemd::Notifier::disabled(),
+            reload_config: None,
+            config_path: None,
+        },
+    ));
+    let ready_url = format!("http://{addr}/readyz");
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(&ready_url).await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "never ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let key = dir.path().join("live/web/privkey.pem");
+    let original = std::fs::read(&key).expect("key installed");
+    let issued = emu.shared().count_requests("pca.create_certificate_by_csr");
+    std::fs::remove_file(&key).expect("delete key");
+    let k = key.clone();
+    wait_for("key restored", Duration::from_secs(15), || {
+        std::fs::read(&k).is_ok_and(|b| b == original)
+    })
+    .await;
+    assert_eq!(
+        emu.shared().count_requests("pca.create_certificate_by_csr"),
+        issued,
+        "restored from the last good version, not reissued"
+    );
+    // Truncated: restored too.
+    std::fs::write(&key, b"").expect("truncate");
+    wait_for("truncated key restored", Duration::from_secs(15), || {
+        std::fs::read(&k).is_ok_and(|b| b == original)
+    })
+    .await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("stops");
 }

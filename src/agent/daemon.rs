@@ -675,6 +675,68 @@ pub struct RunOptions {
     pub notifier: crate::systemd::Notifier,
     /// Re-reads and validates the configuration on SIGHUP; `None` ignores SIGHUP.
     pub reload_config: Option<ConfigLoader>,
+    /// The configuration file: when set (with `reload_config`), a change to it is reloaded
+    /// like a SIGHUP.
+    pub config_path: Option<PathBuf>,
+}
+
+/// Why the file watcher woke the loop.
+enum Watched {
+    Outputs,
+    Config,
+}
+
+/// Watch the directories of every output file (a deleted, truncated or replaced certificate or
+/// key starts a pass at once, which restores the last good version without calling the cloud)
+/// and the configuration file. Directories, not files: installs are renames.
+fn watch_files(
+    config: &Config,
+    config_path: Option<&Path>,
+) -> anyhow::Result<(
+    notify::RecommendedWatcher,
+    tokio::sync::mpsc::UnboundedReceiver<Watched>,
+)> {
+    use notify::Watcher as _;
+    let outputs: std::collections::HashSet<PathBuf> = config
+        .certificates
+        .iter()
+        .flat_map(|c| c.output.paths().into_iter().map(Path::to_path_buf))
+        .collect();
+    let config_path = config_path.map(Path::to_path_buf);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let watched_outputs = outputs.clone();
+    let watched_config = config_path.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(event) = res else { return };
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        for path in &event.paths {
+            if watched_outputs.contains(path) {
+                let _ = tx.send(Watched::Outputs);
+            } else if watched_config.as_deref() == Some(path.as_path()) {
+                let _ = tx.send(Watched::Config);
+            }
+        }
+    })
+    .context("starting the file watcher")?;
+    let mut dirs: std::collections::BTreeSet<PathBuf> = outputs
+        .iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    if let Some(parent) = config_path.as_deref().and_then(Path::parent) {
+        dirs.insert(parent.to_path_buf());
+    }
+    for dir in dirs {
+        // A directory the first install creates is watched from the next start; the schedule
+        // still covers it meanwhile.
+        if dir.is_dir()
+            && let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch for changes");
+        }
+    }
+    Ok((watcher, rx))
 }
 
 /// Loads and validates the configuration again (SIGHUP).
@@ -729,6 +791,7 @@ pub async fn run(
     // Ready: configuration loaded, metrics listener bound, first check finished.
     readiness.set_ready(true);
     notifier.ready();
+    let (_watcher, mut watched) = watch_files(&config, opts.config_path.as_deref())?;
     let mut hangup = match &opts.reload_config {
         Some(_) => Some(
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -752,6 +815,22 @@ pub async fn run(
                 _ = next_hangup(hangup.as_mut()) => {
                     if let Some(load) = &opts.reload_config {
                         reload_config(&agent, load, &notifier);
+                    }
+                    break;
+                }
+                Some(what) = watched.recv() => {
+                    // Let a burst of events (an editor's save, our own install) settle.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let mut config_changed = matches!(what, Watched::Config);
+                    while let Ok(more) = watched.try_recv() {
+                        config_changed |= matches!(more, Watched::Config);
+                    }
+                    if config_changed {
+                        if let Some(load) = &opts.reload_config {
+                            reload_config(&agent, load, &notifier);
+                        }
+                    } else {
+                        tracing::info!("an output file changed; checking");
                     }
                     break;
                 }

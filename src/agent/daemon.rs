@@ -310,6 +310,19 @@ impl Agent {
             ..CycleSummary::default()
         };
         let now = Instant::now();
+        // SCM: one paginated listing for every SCM certificate of the pass; each check then
+        // reads it instead of listing on its own. A failed listing is not fatal: each check
+        // lists for itself and reports its own error.
+        let scm: Vec<&ManagedCertificate> = config
+            .certificates
+            .iter()
+            .filter(|c| matches!(c.source, CertificateSource::Scm(_)))
+            .collect();
+        if !scm.is_empty()
+            && let Err(e) = self.renewer.scm_candidates(&scm).await
+        {
+            tracing::warn!(error = %e, "SCM listing for this pass failed; checking one by one");
+        }
         let mut tasks = tokio::task::JoinSet::new();
         for cert in &config.certificates {
             if !opts.force && self.in_backoff(&cert.name, now) {

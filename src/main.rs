@@ -370,7 +370,7 @@ fn renew(config: Config, args: RenewArgs) -> ExitCode {
             .iter()
             .filter(|c| args.names.is_empty() || args.names.contains(&c.name))
         {
-            match agent.pass(cert, opts).await {
+            match agent.pass_and_record(cert, opts).await {
                 Ok(report) => {
                     match &report.action {
                         Action::WouldDo(steps) => {

@@ -527,3 +527,84 @@ async fn a_deleted_key_is_restored_within_seconds_without_the_cloud() {
         .await
         .expect("stops");
 }
+
+/// `check --online`, `renew --dry-run`, `renew`, and `status --json`, as an operator runs them.
+#[test]
+fn cli_check_online_renew_dry_run_and_status() {
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let (emu, ca_id) = rt.block_on(emulator_with_ca());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), &emu, &ca_id, "127.0.0.1:0", "0 0 * * * *");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, text).expect("write config");
+    let cli = |args: &[&str], sk: &str| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .env("CCM_TEST_SK", sk)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let good = ccm_agent::emulator::DEFAULT_SECRET_KEY;
+
+    let (code, out, err) = cli(&["check", "--online"], good);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("credentials accepted") && out.contains("active"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&["check", "--online"], "wrong-secret");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAILED") && out.contains("APIGW.0301"),
+        "{out}"
+    );
+    assert!(!out.contains("wrong-secret"), "{out}");
+
+    let (code, out, err) = cli(&["renew", "--dry-run", "web"], good);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("would do") && out.contains("/v1/private-certificates/csr"),
+        "{out}"
+    );
+    assert!(out.contains("privkey.pem"), "{out}");
+    assert_eq!(
+        emu.shared().count_requests("pca.create_certificate_by_csr"),
+        0,
+        "a dry run creates nothing"
+    );
+    assert!(!dir.path().join("live/web/cert.pem").exists());
+
+    let (code, out, err) = cli(&["renew", "web"], good);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(dir.path().join("live/web/cert.pem").exists());
+    let (code, out, _) = cli(&["renew", "nosuch"], good);
+    assert_eq!(code, Some(2), "{out}");
+
+    let (code, out, err) = cli(&["status", "--json"], good);
+    assert_eq!(code, Some(0), "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+    let web = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|c| c["name"] == "web"))
+        .expect("web row");
+    assert_eq!(web["last_result"], "renewed", "{out}");
+    assert!(web["not_after"].is_string(), "{out}");
+    let api = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|c| c["name"] == "api"))
+        .expect("api row");
+    assert_eq!(api["last_result"], "never checked", "{out}");
+    let (code, table, _) = cli(&["status"], good);
+    assert_eq!(code, Some(0));
+    assert!(
+        table.contains("NAME") && table.contains("DAYS LEFT") && table.contains("web"),
+        "{table}"
+    );
+}

@@ -603,6 +603,24 @@ impl Agent {
         entry.last_error = Some(format!("{e} (failure {failures} in a row)"));
     }
 
+    /// [`Agent::pass`], then record the outcome in the metrics and the status file, as a pass of
+    /// the daemon does (used by `ccm-agent renew`). Dry runs record nothing.
+    pub async fn pass_and_record(
+        &self,
+        cert: &ManagedCertificate,
+        opts: CheckOptions,
+    ) -> Result<CheckReport, PassError> {
+        let result = self.pass(cert, opts).await;
+        if !opts.dry_run {
+            match &result {
+                Ok(report) => self.record_ok(report),
+                Err(e) => self.record_failure(cert, e),
+            }
+            self.save_status();
+        }
+        result
+    }
+
     fn save_status(&self) {
         let mut certificates: Vec<CertStatus> = self
             .status

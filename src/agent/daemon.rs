@@ -20,6 +20,9 @@ use crate::cloud::{Client, Credentials};
 use crate::config::{CertificateSource, Config, ManagedCertificate};
 use crate::metrics::{CertificateFacts, Metrics, Readiness};
 
+/// How long a pass in progress may run on after SIGTERM/SIGINT.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
 /// File in the state directory where the agent records the last outcome of every certificate.
 pub const STATUS_FILE: &str = "status.json";
 
@@ -813,7 +816,7 @@ pub async fn run(
     });
     agent.resume().await;
     if config.agent.check_on_start {
-        let summary = run_cycle(&agent, watchdog.as_mut(), &notifier).await;
+        let summary = run_cycle(&agent, watchdog.as_mut(), &notifier, &opts.shutdown).await;
         tracing::info!(%summary, "startup check finished");
         if let Some(cb) = &opts.on_cycle {
             cb(&summary);
@@ -870,7 +873,7 @@ pub async fn run(
         if opts.shutdown.is_cancelled() {
             break;
         }
-        let summary = run_cycle(&agent, watchdog.as_mut(), &notifier).await;
+        let summary = run_cycle(&agent, watchdog.as_mut(), &notifier, &opts.shutdown).await;
         tracing::info!(%summary, "check finished");
         if let Some(cb) = &opts.on_cycle {
             cb(&summary);
@@ -892,6 +895,7 @@ async fn run_cycle(
     agent: &Arc<Agent>,
     mut watchdog: Option<&mut tokio::time::Interval>,
     notifier: &crate::systemd::Notifier,
+    shutdown: &CancellationToken,
 ) -> CycleSummary {
     let check = agent.check_all(CheckOptions::default());
     tokio::pin!(check);
@@ -899,6 +903,17 @@ async fn run_cycle(
         tokio::select! {
             s = &mut check => break s,
             _ = next_watchdog(watchdog.as_deref_mut()) => notifier.watchdog(),
+            _ = shutdown.cancelled() => {
+                // Stop taking new work; give the pass in progress a grace period. A file swap
+                // runs on a blocking thread and completes even if the pass is dropped here.
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut check).await {
+                    Ok(s) => break s,
+                    Err(_) => {
+                        tracing::warn!(grace = ?SHUTDOWN_GRACE, "shutdown: abandoning the pass in progress");
+                        break CycleSummary::default();
+                    }
+                }
+            }
         }
     };
     notifier.status(&summary.to_string());

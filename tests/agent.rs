@@ -608,3 +608,130 @@ fn cli_check_online_renew_dry_run_and_status() {
         "{table}"
     );
 }
+
+/// The daemon's pass pushes a renewed PCA certificate to its cloud targets (imported into SCM
+/// under a stable name) and does not call them again while the certificate is unchanged; a
+/// failing region is counted and retried on the next pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_deploys_changed_certificates_to_cloud_targets_once() {
+    let (emu, ca_id) = emulator_with_ca().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut text = config_text(dir.path(), &emu, &ca_id, "127.0.0.1:0", "0 0 * * * *");
+    // Targets for "api" (the last certificate in the file).
+    text.push_str(
+        r#"[certificates.deploy]
+scm_name = "agent-api"
+retry_initial = "10ms"
+retry_max = "20ms"
+[[certificates.deploy.targets]]
+action = "batch-push"
+service = "ELB"
+regions = ["ap-southeast-1", "ap-southeast-3"]
+[[certificates.deploy.targets]]
+action = "deploy"
+service = "ELB"
+resources = [{ id = "lb0001" }, { id = "lb0002" }]
+"#,
+    );
+    let config = Arc::new(Config::from_str(&text, "deploy.toml").expect("config"));
+    let metrics = ccm_agent::metrics::Metrics::new();
+    let shared = emu.shared().clone();
+    let agent = Arc::new(
+        daemon::Agent::new(
+            config.clone(),
+            emu.client().expect("client"),
+            metrics.clone(),
+            ccm_agent::metrics::Readiness::new(),
+            Clock::from_fn(move || shared.now()),
+        )
+        .expect("agent"),
+    );
+    let api = config.certificate("api").expect("api");
+    // One region fails (every attempt of this pass).
+    emu.shared().add_fault(ccm_agent::emulator::FaultRule {
+        target: Some("ap-southeast-3".into()),
+        ..ccm_agent::emulator::FaultRule::error("scm.batch_push_certificate", 500, "SCM.0201")
+    });
+    let err = agent
+        .pass(api, Default::default())
+        .await
+        .expect_err("one region failed");
+    assert_eq!(err.kind(), "deploy", "{err}");
+    assert!(err.to_string().contains("api"), "{err}");
+    let records = emu.shared().with_state(|st| st.scm.deployments().to_vec());
+    let ok: Vec<_> = records.iter().filter(|d| d.ok).collect();
+    assert_eq!(
+        ok.len(),
+        3,
+        "one region and two resources deployed: {records:?}"
+    );
+    assert!(ok.iter().all(|d| d.certificate_name == "agent-api"));
+    let scrape = metrics.encode().expect("metrics");
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l.starts_with("ccm_agent_deploys_total{")
+                && l.contains("target=\"ap-southeast-3\"")
+                && l.contains("result=\"error\"")),
+        "{scrape}"
+    );
+
+    // Next pass: the fault is gone; only the failed region is called.
+    emu.shared().clear_faults();
+    emu.shared().clear_requests();
+    agent
+        .pass(api, Default::default())
+        .await
+        .expect("complete now");
+    assert_eq!(emu.shared().count_requests("scm.batch_push_certificate"), 1);
+    assert_eq!(emu.shared().count_requests("scm.deploy_certificate"), 0);
+    assert_eq!(emu.shared().count_requests("scm.import_certificate"), 0);
+
+    // Unchanged certificate: no cloud call at all.
+    emu.shared().clear_requests();
+    agent
+        .pass(api, Default::default())
+        .await
+        .expect("nothing to do");
+    assert_eq!(emu.shared().count_requests("scm.batch_push_certificate"), 0);
+    assert_eq!(emu.shared().count_requests("scm.deploy_certificate"), 0);
+}
+
+/// `ccm-agent renew` refuses to run beside a daemon holding the state directory.
+#[test]
+fn renew_does_not_race_a_running_daemon() {
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let (emu, ca_id) = rt.block_on(emulator_with_ca());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), &emu, &ca_id, "127.0.0.1:0", "0 0 * * * *");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, text).expect("write config");
+    let lock =
+        daemon::StateLock::acquire(&dir.path().join("state")).expect("lock as a daemon would");
+    let out = std::process::Command::new(bin())
+        .args(["renew", "web", "--config"])
+        .arg(&cfg)
+        .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("another ccm-agent"), "{err}");
+    assert_eq!(
+        emu.shared().count_requests("pca.create_certificate_by_csr"),
+        0
+    );
+    drop(lock);
+    let out = std::process::Command::new(bin())
+        .args(["renew", "web", "--config"])
+        .arg(&cfg)
+        .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

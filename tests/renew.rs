@@ -1392,3 +1392,183 @@ async fn scm_bad_exports_are_rejected_and_files_kept() {
         .unwrap();
     assert_eq!(r.action, Action::Reexported { cloud_id: newer });
 }
+
+/// `pca_cert` plus a PKCS#12 output with the given password settings.
+fn pca_cert_with_pkcs12(e: &Env, name: &str, password_line: &str) -> ManagedCertificate {
+    parse_config(&format!(
+        r#"
+[[certificates]]
+name = "{name}"
+renew_at_fraction = 0.5
+jitter = 0
+[certificates.pca]
+ca_id = "{ca}"
+mode = "csr"
+key_algorithm = "EC256"
+validity = {{ type = "DAY", value = 30 }}
+subject = {{ common_name = "{CN}" }}
+sans = ["dns:{CN}"]
+[certificates.output]
+dir = "{out}"
+key_mode = "0640"
+pkcs12 = "bundle.p12"
+{password_line}
+"#,
+        ca = e.sub_id,
+        out = e.out.display()
+    ))
+}
+
+fn openssl_pkcs12(file: &Path, password: &str) -> std::process::Output {
+    Command::new("openssl")
+        .args(["pkcs12", "-nodes", "-in"])
+        .arg(file)
+        .arg("-passin")
+        .arg(format!("pass:{password}"))
+        .output()
+        .expect("the openssl command line is needed for this test")
+}
+
+#[tokio::test]
+async fn pca_certificate_with_pkcs12_output_gets_the_file() {
+    let e = env().await;
+    let pw_file = e.out.parent().unwrap().join("p12-password");
+    fs::write(&pw_file, "s3cret p12\n").unwrap();
+    let cert = pca_cert_with_pkcs12(
+        &e,
+        "web",
+        &format!("pkcs12_password_file = \"{}\"", pw_file.display()),
+    );
+    let p12 = e.out.join("bundle.p12");
+
+    let r = e
+        .renewer
+        .check(&cert, CheckOptions::default())
+        .await
+        .unwrap();
+    cloud_id(&r);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    assert_eq!(mode(&p12), 0o640, "the key's mode");
+
+    // openssl opens it with the password from the file (trailing newline trimmed) and finds
+    // the installed leaf, its chain and the leaf's key.
+    let out = openssl_pkcs12(&p12, "s3cret p12");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let certs = pki::parse_pem_chain(&text).unwrap();
+    let p = paths(&e);
+    let leaf = pki::parse_cert(&fs::read_to_string(&p.cert).unwrap()).unwrap();
+    let chain = pki::parse_pem_chain(&fs::read_to_string(&p.chain).unwrap()).unwrap();
+    assert_eq!(certs[0].der, leaf.der);
+    assert_eq!(
+        certs[1..].iter().map(|c| &c.der).collect::<Vec<_>>(),
+        chain.iter().map(|c| &c.der).collect::<Vec<_>>()
+    );
+    let key = pki::PrivateKey::from_pem(&text).unwrap();
+    assert!(pki::key_matches_cert(&key, &leaf));
+    assert!(!openssl_pkcs12(&p12, "wrong").status.success());
+
+    // A second check finds everything in place: nothing issued, the file untouched.
+    let before = fs::read(&p12).unwrap();
+    let r = e
+        .renewer
+        .check(&cert, CheckOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.action, Action::None);
+    assert!(!r.install_changed);
+    assert_eq!(fs::read(&p12).unwrap(), before);
+    assert_eq!(csr_count(&e), 1);
+
+    // The file deleted behind the agent's back: re-installed without a new issuance.
+    fs::remove_file(&p12).unwrap();
+    let r = e
+        .renewer
+        .check(&cert, CheckOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(r.action, Action::Reinstalled { .. }), "{r:?}");
+    assert!(openssl_pkcs12(&p12, "s3cret p12").status.success());
+    assert_eq!(csr_count(&e), 1);
+
+    // A rotated password: the next check rewrites the file for it, again without issuing.
+    fs::write(&pw_file, "rotated").unwrap();
+    let r = e
+        .renewer
+        .check(&cert, CheckOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(r.action, Action::Reinstalled { .. }), "{r:?}");
+    assert!(openssl_pkcs12(&p12, "rotated").status.success());
+    assert!(!openssl_pkcs12(&p12, "s3cret p12").status.success());
+    assert_eq!(csr_count(&e), 1);
+}
+
+#[tokio::test]
+async fn pkcs12_without_a_password_uses_the_empty_one() {
+    let e = env().await;
+    let cert = pca_cert_with_pkcs12(&e, "web", "");
+    e.renewer
+        .check(&cert, CheckOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        openssl_pkcs12(&e.out.join("bundle.p12"), "")
+            .status
+            .success()
+    );
+}
+
+#[tokio::test]
+async fn an_unset_pkcs12_password_is_a_config_error_before_anything_is_issued() {
+    let e = env().await;
+    let var = "CCM_AGENT_TEST_P12_PASSWORD_NEVER_SET";
+    assert!(std::env::var_os(var).is_none());
+    let cert = pca_cert_with_pkcs12(&e, "web", &format!("pkcs12_password_env = \"{var}\""));
+
+    let err = e
+        .renewer
+        .check(&cert, CheckOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "config", "{err}");
+    assert!(!err.is_retryable());
+    let msg = err.to_string();
+    assert!(
+        msg.contains("certificate web")
+            && msg.contains("pkcs12_password_env")
+            && msg.contains(&format!("${var}")),
+        "{msg}"
+    );
+    assert_eq!(csr_count(&e), 0, "nothing issued");
+    assert!(snapshot(&e).iter().all(|(_, b)| b.is_none()));
+    assert!(!e.out.join("bundle.p12").exists());
+
+    // A dry run reports it as a warning and still plans the PKCS#12 write.
+    let r = e
+        .renewer
+        .check(
+            &cert,
+            CheckOptions {
+                force: false,
+                dry_run: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        r.warnings.iter().any(|w| w.contains("pkcs12_password_env")),
+        "{:?}",
+        r.warnings
+    );
+    let Action::WouldDo(steps) = &r.action else {
+        panic!("{:?}", r.action)
+    };
+    let all: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+    let want = format!("write {} (0640)", e.out.join("bundle.p12").display());
+    assert!(all.iter().any(|s| s.starts_with(&want)), "{all:?}");
+}

@@ -8,6 +8,8 @@
 //! and mode, then renamed over the target; the directory is fsynced after the renames. A file
 //! whose content is already identical is not rewritten (its inode and mtime stay; only a wrong
 //! mode or owner is corrected in place), so a no-op install never wakes file watchers.
+//! For the PKCS#12 file, whose encoding is randomised, "identical" means the same key and
+//! certificates under the same password (see [`pkcs12`]).
 //!
 //! A *set* of files cannot be replaced by one rename, so a set is a small transaction recorded
 //! under `<state>/certs/<name>/` (see [`txn`]'s layout):
@@ -40,6 +42,7 @@
 //! per certificate); different names use different state directories.
 
 pub mod fsio;
+pub mod pkcs12;
 mod txn;
 mod verify;
 
@@ -48,6 +51,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+use crate::cloud::Secret;
 
 pub use fsio::{FileAttrs, FsError, Principal};
 pub use verify::{
@@ -191,12 +196,14 @@ impl OutputPaths {
     }
 }
 
-/// An optional PKCS#12 bundle (certificate, chain and key in one file).
+/// An optional PKCS#12 bundle (certificate, chain and key in one file; see [`pkcs12`]). It holds
+/// the key, so it gets the key's mode and owner.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Pkcs12Output {
     pub path: PathBuf,
-    /// Password protecting the bundle's integrity; never shown by `Debug`.
-    pub password: String,
+    /// Password encrypting the key and certificates and keying the MAC; empty when none is
+    /// configured. Never shown by `Debug`.
+    pub password: Secret,
 }
 
 impl fmt::Debug for Pkcs12Output {
@@ -478,20 +485,13 @@ pub fn install(
         planned.push(PlannedFile {
             role: Role::Pkcs12,
             target: p12.path.clone(),
-            contents: pkcs12_bytes(bundle, p12)?,
+            contents: pkcs12::pkcs12_bytes(bundle, p12)?,
             attrs: private,
         });
     }
     let cert_sha = sha256_hex(bundle.cert_pem().as_bytes());
     let r = txn::run(state, name, TxnKind::Install, planned, Some(cert_sha))?;
     Ok(outcome(state, name, r))
-}
-
-fn pkcs12_bytes(bundle: &VerifiedBundle, _p12: &Pkcs12Output) -> Result<Vec<u8>, InstallError> {
-    Err(InstallError::Unsupported {
-        name: bundle.name().to_string(),
-        detail: "PKCS#12 output is not implemented yet".into(),
-    })
 }
 
 fn outcome(state: &StateDir, name: &str, r: txn::TxnResult) -> InstallOutcome {

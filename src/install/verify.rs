@@ -371,8 +371,8 @@ pub fn read_installed(paths: &OutputPaths) -> InstalledState {
             });
         }
         if let Some(p12) = &paths.pkcs12 {
-            match std::fs::metadata(&p12.path) {
-                Ok(m) if m.len() > 0 => {}
+            let data = match std::fs::read(&p12.path) {
+                Ok(d) if !d.is_empty() => d,
                 Ok(_) => return Err(unparsable(&p12.path, "empty file".into())),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(InstalledState::Missing {
@@ -385,6 +385,17 @@ pub fn read_installed(paths: &OutputPaths) -> InstalledState {
                         error: e.to_string(),
                     });
                 }
+            };
+            // A wrong password (rotated since the file was written) or a stale content both
+            // call for a rewrite.
+            let (certs, has_key) = super::pkcs12::inspect(&data, &p12.password)
+                .map_err(|e| unparsable(&p12.path, format!("cannot open as PKCS#12: {e}")))?;
+            let expected = std::iter::once(&cert.der).chain(chain.iter().map(|c| &c.der));
+            if !has_key || !certs.iter().eq(expected) {
+                return Err(InstalledState::Inconsistent {
+                    path: p12.path.clone(),
+                    detail: "does not hold the installed key, certificate and chain".into(),
+                });
             }
         }
         Ok(InstalledCert {

@@ -45,8 +45,8 @@ pub use scm::{SCM_EXPIRED_DAYS_SINCE, ScmCandidates};
 use crate::agent::clock::Clock;
 use crate::agent::journal::Journal;
 use crate::agent::plan;
-use crate::cloud::Client;
-use crate::config::{CertificateSource, ManagedCertificate, Owner};
+use crate::cloud::{Client, Secret};
+use crate::config::{CertificateSource, ManagedCertificate, Owner, SecretSource};
 use crate::install::{
     self, Candidate, Expectations, FileSpec, InstallOutcome, InstalledState, OutputPaths,
     Principal, Role, StateDir, VerifiedBundle,
@@ -288,7 +288,25 @@ impl Renewer {
     }
 
     /// Where the files go; parts the configuration leaves out go under the state directory.
-    fn output_paths(&self, cert: &ManagedCertificate) -> OutputPaths {
+    /// Resolves the PKCS#12 password: one that cannot be read is a configuration error.
+    fn output_paths(&self, cert: &ManagedCertificate) -> Result<OutputPaths, RenewError> {
+        Ok(OutputPaths {
+            pkcs12: Self::pkcs12_output(cert)?,
+            ..self.pem_paths(cert)
+        })
+    }
+
+    /// The files to check on disk: [`Self::output_paths`], or only the PEM files when the
+    /// PKCS#12 password cannot be read (a dry run; [`Self::preflight`] fails a real check
+    /// before this).
+    fn checked_paths(&self, cert: &ManagedCertificate) -> OutputPaths {
+        self.output_paths(cert)
+            .unwrap_or_else(|_| self.pem_paths(cert))
+    }
+
+    /// The PEM files of [`Self::output_paths`], without the PKCS#12 output (which needs the
+    /// password), for plans and messages.
+    fn pem_paths(&self, cert: &ManagedCertificate) -> OutputPaths {
         let spare = self.unwritten_dir(&cert.name);
         let out = &cert.output;
         OutputPaths {
@@ -301,6 +319,32 @@ impl Renewer {
             key: out.key.clone(),
             pkcs12: None,
         }
+    }
+
+    /// The PKCS#12 output with its password read from the process environment (or its file);
+    /// no password configured means the empty password.
+    fn pkcs12_output(
+        cert: &ManagedCertificate,
+    ) -> Result<Option<install::Pkcs12Output>, RenewError> {
+        let Some(p) = &cert.output.pkcs12 else {
+            return Ok(None);
+        };
+        let password = match &p.password {
+            None => Secret::new(""),
+            Some(source) => source
+                .resolve(&|k| std::env::var(k).ok())
+                .map_err(|detail| RenewError::Config {
+                    name: cert.name.clone(),
+                    detail: format!(
+                        "output.{}: the PKCS#12 password ({source}): {detail}",
+                        password_key(source)
+                    ),
+                })?,
+        };
+        Ok(Some(install::Pkcs12Output {
+            path: p.path.clone(),
+            password,
+        }))
     }
 
     fn unwritten_dir(&self, name: &str) -> PathBuf {
@@ -323,18 +367,25 @@ impl Renewer {
         }
     }
 
-    fn common_warnings(cert: &ManagedCertificate, report: &mut CheckReport) {
-        if let Some(p) = &cert.output.pkcs12 {
-            report.warnings.push(format!(
-                "pkcs12 output {} is not written: PKCS#12 is not supported yet",
-                p.path.display()
-            ));
+    /// Checks that do not need the cloud: an unreadable PKCS#12 password fails the check before
+    /// anything is issued (a dry run reports it as a warning and goes on planning).
+    fn preflight(
+        cert: &ManagedCertificate,
+        opts: CheckOptions,
+        report: &mut CheckReport,
+    ) -> Result<(), RenewError> {
+        match Self::pkcs12_output(cert) {
+            Err(e) if opts.dry_run => {
+                report.warnings.push(e.to_string());
+                Ok(())
+            }
+            other => other.map(|_| ()),
         }
     }
 
     /// The dry-run steps of an install.
     fn plan_install_steps(&self, cert: &ManagedCertificate, steps: &mut Vec<PlannedStep>) {
-        let paths = self.output_paths(cert);
+        let paths = self.pem_paths(cert);
         let mode = cert.output.mode;
         let key_mode = cert.output.key_mode;
         steps.push(PlannedStep(
@@ -355,6 +406,12 @@ impl Renewer {
             steps.push(PlannedStep(format!(
                 "write {} ({m:04o}){note}",
                 path.display()
+            )));
+        }
+        if let Some(p12) = &cert.output.pkcs12 {
+            steps.push(PlannedStep(format!(
+                "write {} ({key_mode:04o}): PKCS#12 of key, certificate and chain",
+                p12.path.display()
             )));
         }
     }
@@ -384,7 +441,7 @@ impl Renewer {
         cert: &ManagedCertificate,
         bundle: VerifiedBundle,
     ) -> Result<InstallOutcome, RenewError> {
-        let paths = self.output_paths(cert);
+        let paths = self.output_paths(cert)?;
         let spec = Self::file_spec(cert);
         let state = self.state.clone();
         let name = cert.name.clone();
@@ -401,7 +458,11 @@ impl Renewer {
                     }
                 })?;
             }
-            for p in [&paths.cert, &paths.chain, &paths.fullchain, &paths.key] {
+            let p12 = paths.pkcs12.as_ref().map(|p| &p.path);
+            for p in [&paths.cert, &paths.chain, &paths.fullchain, &paths.key]
+                .into_iter()
+                .chain(p12)
+            {
                 let dir = install::fsio::parent_dir(p);
                 if !dir.exists() {
                     std::fs::create_dir_all(dir).map_err(|e| install::InstallError::Fs {
@@ -468,7 +529,7 @@ impl Renewer {
 
     /// What is on disk now, for the report.
     fn summary(&self, cert: &ManagedCertificate) -> Option<CertSummary> {
-        let paths = self.output_paths(cert);
+        let paths = self.output_paths(cert).ok()?;
         if !matches!(install::read_installed(&paths), InstalledState::Present(_)) {
             return None;
         }
@@ -517,4 +578,13 @@ fn days(d: time::Duration) -> i64 {
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
+}
+
+/// The configuration key a PKCS#12 password source was written as.
+fn password_key(source: &SecretSource) -> &'static str {
+    match source {
+        SecretSource::Env(_) => "pkcs12_password_env",
+        SecretSource::File(_) | SecretSource::Credential(_) => "pkcs12_password_file",
+        SecretSource::Inline(_) => "pkcs12_password",
+    }
 }

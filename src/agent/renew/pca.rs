@@ -150,7 +150,7 @@ impl Renewer {
     ) -> Result<CheckReport, RenewError> {
         let name = cert.name.as_str();
         let mut report = CheckReport::new(name, "pca");
-        Self::common_warnings(cert, &mut report);
+        Self::preflight(cert, opts, &mut report)?;
 
         if let Some(p) = self
             .journal
@@ -243,7 +243,7 @@ impl Renewer {
         if opts.force {
             return Ok(Need::Issue("forced".into()));
         }
-        let paths = self.output_paths(cert);
+        let paths = self.checked_paths(cert);
         let installed = match install::read_installed(&paths) {
             InstalledState::Present(c) => c,
             other => {

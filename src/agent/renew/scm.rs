@@ -231,7 +231,7 @@ impl Renewer {
     ) -> Result<CheckReport, RenewError> {
         let name = cert.name.as_str();
         let mut report = CheckReport::new(name, "scm");
-        Self::common_warnings(cert, &mut report);
+        Self::preflight(cert, opts, &mut report)?;
         let now = self.now();
         let listed = self.scm_listed(name, sel).await?;
         let best = listed
@@ -354,7 +354,7 @@ impl Renewer {
             }
             None => return Need::Export("not installed by the agent yet".into()),
         }
-        match install::read_installed(&self.output_paths(cert)) {
+        match install::read_installed(&self.checked_paths(cert)) {
             InstalledState::Present(c) => {
                 if record
                     .fingerprint_sha256

@@ -344,7 +344,7 @@ async fn verify_mismatch_rolls_back_and_reloads_again() {
         .encode_to_string(&registry.gather())
         .unwrap();
     assert!(
-        text.contains(r#"ccm_agent_reloads_total{certificate="www",result="verify_failed"} 1"#),
+        text.contains(r#"ccm_agent_reloads_total{name="www",result="verify_failed"} 1"#),
         "{text}"
     );
 }

@@ -111,6 +111,21 @@ async fn wait_for<F: Fn() -> bool>(what: &str, limit: Duration, f: F) {
     }
 }
 
+/// Wait until the agent's /readyz answers 200 (its first check finished).
+async fn wait_ready(addr: &str) {
+    let ready_url = format!("http://{addr}/readyz");
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(&ready_url).await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "never ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn fingerprint(path: &Path) -> Option<String> {
     let pem = std::fs::read_to_string(path).ok()?;
     ccm_agent::pki::parse_cert(&pem)
@@ -145,17 +160,7 @@ async fn daemon_installs_renews_and_reports() {
     ));
 
     // Ready once the first check has installed everything.
-    let ready_url = format!("http://{addr}/readyz");
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = reqwest::get(&ready_url).await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "never ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(&addr).await;
     let web = dir.path().join("live/web");
     for f in ["cert.pem", "chain.pem", "fullchain.pem", "privkey.pem"] {
         assert!(web.join(f).exists(), "{f} installed");
@@ -491,17 +496,7 @@ async fn a_deleted_key_is_restored_within_seconds_without_the_cloud() {
             config_path: None,
         },
     ));
-    let ready_url = format!("http://{addr}/readyz");
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = reqwest::get(&ready_url).await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "never ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(&addr).await;
     let key = dir.path().join("live/web/privkey.pem");
     let original = std::fs::read(&key).expect("key installed");
     let issued = emu.shared().count_requests("pca.create_certificate_by_csr");

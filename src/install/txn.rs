@@ -7,7 +7,8 @@
 //!   (one file per role, mode 0600, plus `meta.json` with the targets, modes and owners);
 //! - `previous/` what was in place before that transaction, same format;
 //! - `txn.tmp/`  a transaction being prepared (not yet committed: recovery reverts it);
-//! - `txn/`      a committed transaction (recovery completes it): `manifest.json`, `new/`, `old/`.
+//! - `txn/`      a committed transaction (recovery completes it): `manifest.json`, `new/`, `old/`;
+//! - `txn.done/` a finished transaction being deleted (recovery deletes it).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -345,7 +346,7 @@ fn complete_committed(state: &StateDir, name: &str) -> Result<Completed, Install
             Err(forward) => {
                 return match swap_back(&manifest, &new_dir, &old_dir) {
                     Ok(()) => {
-                        let _ = fsio::remove_dir_if_exists(&txn);
+                        let _ = discard(&dir, &txn);
                         let _ = fsio::sync_dir(&dir);
                         Err(fs_err(forward))
                     }
@@ -378,12 +379,26 @@ fn complete_committed(state: &StateDir, name: &str) -> Result<Completed, Install
     if new_dir.is_dir() {
         replace_dir(&new_dir, &dir.join("current")).map_err(fs_err)?;
     }
-    fsio::remove_dir_if_exists(&txn).map_err(fs_err)?;
+    discard(&dir, &txn).map_err(fs_err)?;
     fsio::sync_dir(&dir).map_err(fs_err)?;
     Ok(Completed {
         changed,
         previous_saved,
     })
+}
+
+/// Where a finished transaction directory is moved to be deleted. `remove_dir_all` is not
+/// atomic: a crash inside it could leave a `txn/` without its manifest, which recovery would
+/// take for a committed transaction it can neither complete nor revert (and every start would
+/// fail). Renamed first, the leftover is plainly garbage.
+const DISCARDED: &str = "txn.done";
+
+/// Removes a finished (completed or reverted) transaction directory: rename, then delete.
+fn discard(dir: &Path, txn: &Path) -> Result<(), FsError> {
+    let trash = dir.join(DISCARDED);
+    fsio::remove_dir_if_exists(&trash)?;
+    fsio::rename(txn, &trash)?;
+    fsio::remove_dir_if_exists(&trash)
 }
 
 /// Puts every changed file in place, in swap order: the prepared temp is renamed when it holds
@@ -468,14 +483,26 @@ pub(crate) fn recover_name(state: &StateDir, name: &str) -> Result<Option<String
         fsio::remove_dir_if_exists(&tmp).map_err(fs_err)?;
         did = Some("reverted an uncommitted install".to_string());
     }
-    if dir.join("txn").is_dir() {
+    let txn = dir.join("txn");
+    if txn.is_dir()
+        && !txn.join(MANIFEST).exists()
+        && !txn.join("new").exists()
+        && !txn.join("old").exists()
+    {
+        // Swap and rotation done, only the directory's removal was interrupted (an agent
+        // before `discard` deleted it in place): nothing to complete.
+        discard(&dir, &txn).map_err(fs_err)?;
+        fsio::sync_dir(&dir).map_err(fs_err)?;
+        did = Some("removed the remains of a finished install".to_string());
+    }
+    if txn.is_dir() {
         let done = complete_committed(state, name)?;
         did = Some(format!(
             "completed an interrupted install ({} file(s) swapped in)",
             done.changed.len()
         ));
     }
-    for leftover in ["current.new", "current.old"] {
+    for leftover in ["current.new", "current.old", DISCARDED] {
         let p = dir.join(leftover);
         if p.is_dir() {
             if leftover == "current.old" && !dir.join("current").is_dir() {

@@ -897,3 +897,39 @@ fn journal_survives_a_crash_and_returns_the_recorded_id() {
     assert!(j.pending("web").unwrap().is_none());
     assert!(j.all_pending().unwrap().is_empty());
 }
+
+/// A transaction recovery cannot read (here a garbled manifest) stops only its own certificate:
+/// the others are recovered and installed, and the broken one reports its error each time.
+#[test]
+fn an_unrecoverable_transaction_blocks_only_its_own_certificate() {
+    let e = env();
+    install::install(&verified(&leaf()), &e.paths, &FileSpec::default(), &e.state).unwrap();
+    let v2 = verified(&leaf());
+    crash_at(CrashPoint::AfterRenames(1));
+    install::install(&v2, &e.paths, &FileSpec::default(), &e.state).unwrap_err();
+    let broken = e.state.cert_dir("other").join("txn");
+    fs::create_dir_all(&broken).unwrap();
+    fs::write(broken.join("manifest.json"), b"{ not json").unwrap();
+
+    let (done, failed) = install::recover_each(&e.state).unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        done[0].name, "web",
+        "the interrupted install of web was completed"
+    );
+    assert_eq!(failed.len(), 1);
+    let msg = failed[0].to_string();
+    assert!(
+        msg.contains("other") && msg.contains("manifest.json"),
+        "{msg}"
+    );
+    assert_eq!(fs::read(&e.paths.cert).unwrap(), v2.cert_pem().as_bytes());
+    assert!(matches!(
+        install::read_installed(&e.paths),
+        InstalledState::Present(_)
+    ));
+    // `recover` reports the failure as an error; the broken transaction is left for an operator.
+    let err = install::recover(&e.state).unwrap_err();
+    assert!(err.to_string().contains("other"), "{err}");
+    assert!(broken.join("manifest.json").is_file());
+}

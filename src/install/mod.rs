@@ -574,18 +574,38 @@ pub struct Recovery {
 /// Completes or reverts every install a crash interrupted. Run at startup before anything else
 /// touches the files. Returns one entry per certificate that needed it.
 pub fn recover(state: &StateDir) -> Result<Vec<Recovery>, InstallError> {
+    let (done, mut failed) = recover_each(state)?;
+    match failed.pop() {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
+}
+
+/// Like [`recover`], but one certificate's failure does not stop the others: returns what was
+/// recovered and, separately, the certificates whose recovery failed (each logged). Their
+/// next [`install`] tries again and reports the same error, so only they wait; the agent
+/// starts with the rest. Fails as a whole only when the state directory cannot be listed.
+pub fn recover_each(state: &StateDir) -> Result<(Vec<Recovery>, Vec<InstallError>), InstallError> {
     let names = state.names().map_err(|source| InstallError::Fs {
         name: "(all)".into(),
         source,
     })?;
     let mut done = Vec::new();
+    let mut failed = Vec::new();
     for name in names {
-        if let Some(action) = txn::recover_name(state, &name)? {
-            tracing::info!(certificate = %name, %action, "recovered");
-            done.push(Recovery { name, action });
+        match txn::recover_name(state, &name) {
+            Ok(Some(action)) => {
+                tracing::info!(certificate = %name, %action, "recovered");
+                done.push(Recovery { name, action });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(certificate = %name, error = %e, "cannot recover an interrupted install; this certificate waits, the others go on");
+                failed.push(e);
+            }
         }
     }
-    Ok(done)
+    Ok((done, failed))
 }
 
 /// Lowercase hex SHA-256 of `bytes`.

@@ -185,7 +185,7 @@ impl fmt::Debug for Renewer {
 
 impl Renewer {
     /// Opens the state directory (creating it, 0700), the journal, and completes or reverts any
-    /// install a crash interrupted ([`install::recover`]).
+    /// install a crash interrupted ([`install::recover_each`]).
     pub fn new(
         client: Client,
         state_dir: &Path,
@@ -203,7 +203,9 @@ impl Renewer {
         }
         let journal =
             Journal::open(state.journal_dir()).map_err(|e| RenewError::journal("(all)", e))?;
-        install::recover(&state).map_err(RenewError::install)?;
+        // A certificate whose interrupted install cannot be recovered fails its own checks
+        // (its install tries again); it does not keep the agent from starting.
+        install::recover_each(&state).map_err(RenewError::install)?;
         Ok(Renewer {
             client,
             records: Records::new(state_dir),

@@ -126,3 +126,90 @@ fn full_example_documents_every_key() {
     }
     assert!(missing.is_empty(), "undocumented keys: {missing:#?}");
 }
+
+fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The container case: the packaged file, adjusted by `CCM_AGENT__*` variables.
+#[test]
+fn environment_variables_override_the_file_and_problems_name_them() {
+    let path = config_dir().join("ccm-agent.minimal.toml");
+    let c = Config::load_with_env(
+        &path,
+        vars(&[
+            ("CCM_AGENT__AGENT__HOST_ID", "web-7f9c-1"),
+            ("CCM_AGENT__AGENT__CONCURRENCY", "16"),
+            ("CCM_AGENT__AGENT__STATE_DIR", "/data/ccm-agent"),
+            ("CCM_AGENT__METRICS__LISTEN", "0.0.0.0:9464"),
+            ("CCM_AGENT__AGENT__SCHEDULE", "*/10 * * * *"),
+        ]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.agent.host_id.as_deref(), Some("web-7f9c-1"));
+    assert_eq!(c.agent.concurrency, 16);
+    assert_eq!(c.agent.state_dir, Path::new("/data/ccm-agent"));
+    assert_eq!(
+        c.metrics.listen,
+        Some("0.0.0.0:9464".parse().expect("address"))
+    );
+    assert_eq!(c.certificates.len(), 1, "the file's certificates stay");
+
+    // A value the validation rejects: the message names the key and the variable.
+    let e = Config::load_with_env(&path, vars(&[("CCM_AGENT__AGENT__CONCURRENCY", "0")]))
+        .expect_err("concurrency 0");
+    assert!(e.mentions("agent.concurrency"), "{e}");
+    assert!(
+        e.to_string().contains("with CCM_AGENT__AGENT__CONCURRENCY"),
+        "{e}"
+    );
+    // An unknown key is an error, as in the file.
+    let e = Config::load_with_env(&path, vars(&[("CCM_AGENT__AGENT__CONCURENCY", "4")]))
+        .expect_err("unknown key")
+        .to_string();
+    assert!(
+        e.contains("concurency") && e.contains("CCM_AGENT__AGENT__CONCURENCY"),
+        "{e}"
+    );
+    // Without variables, the file alone (and its own errors keep their line numbers).
+    let c = Config::load_with_env(&path, vars(&[("HOME", "/root")])).expect("valid");
+    assert_eq!(c.agent.host_id, None);
+}
+
+/// The binary reads the variables: `ccm-agent check` reports a bad one and exits 2.
+#[test]
+fn check_reads_overrides_from_its_environment() {
+    let path = config_dir().join("ccm-agent.minimal.toml");
+    let run = |var: Option<(&str, &str)>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ccm-agent"));
+        cmd.args(["check", "--config"]).arg(&path);
+        if let Some((k, v)) = var {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("runs")
+    };
+    let ok = run(None);
+    assert!(ok.status.success(), "{ok:?}");
+    let bad = run(Some(("CCM_AGENT__AGENT__LOG_FORMAT", "xml")));
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("agent.log_format") && stderr.contains("CCM_AGENT__AGENT__LOG_FORMAT"),
+        "{stderr}"
+    );
+    // A secret is refused from a variable as from the file, and never echoed.
+    let secret = run(Some((
+        "CCM_AGENT__CLOUD__AUTH__SECRET_KEY",
+        "do-not-print-this-secret",
+    )));
+    assert_eq!(secret.status.code(), Some(2), "{secret:?}");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&secret.stdout),
+        String::from_utf8_lossy(&secret.stderr)
+    );
+    assert!(out.contains("cloud.auth.secret_key"), "{out}");
+    assert!(!out.contains("do-not-print-this-secret"), "{out}");
+}

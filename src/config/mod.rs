@@ -6,6 +6,7 @@
 //!
 //! `config/ccm-agent.example.toml` documents every key.
 
+pub mod env;
 pub mod raw;
 pub mod values;
 
@@ -605,12 +606,56 @@ pub struct Pkcs12Output {
 // ---------------------------------------------------------------------------------------------
 
 impl Config {
-    /// Read and validate a file.
+    /// Read and validate a file, with the `CCM_AGENT__*` variables of the process environment
+    /// applied (see [`env`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        Self::load_with_env(path, vars)
+    }
+
+    /// [`Config::load`] with the given variables instead of the process environment.
+    pub fn load_with_env(
+        path: &Path,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::one(&name, "", format!("cannot read: {e}")))?;
-        Self::from_str(&text, &name)
+        Self::from_str_with_env(&text, &name, vars)
+    }
+
+    /// Parse TOML text, apply the `CCM_AGENT__*` variables among `vars` (see [`env`]), and
+    /// validate. Problems in the text keep their line and column; once variables are applied,
+    /// the source is named with them (`ccm-agent.toml with CCM_AGENT__CLOUD__REGION`).
+    pub fn from_str_with_env(
+        text: &str,
+        source_name: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, source_name, &e))?;
+        let vars: Vec<(String, String)> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(env::PREFIX))
+            .collect();
+        if vars.is_empty() {
+            return Self::from_raw(raw, source_name);
+        }
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e| toml_error(text, source_name, &e))?;
+        let applied = env::apply_overrides(&mut table, vars).map_err(|problems| ConfigError {
+            source_name: source_name.to_owned(),
+            problems,
+        })?;
+        let source = format!("{source_name} with {}", applied.join(", "));
+        let raw: RawConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    ConfigError::one(&source, "", e.to_string().trim_end())
+                })?;
+        Self::from_raw(raw, &source)
     }
 
     /// Parse and validate TOML text; `source_name` names it in errors.

@@ -2,6 +2,8 @@
 //! the emulator's clock crosses the renewal point, metrics scraped and checked, status file),
 //! the systemd notify protocol on a real datagram socket, and the CLI's exit codes.
 
+mod prom_text;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +13,7 @@ use ccm_agent::agent::daemon::{self, RunOptions, StatusFile};
 use ccm_agent::cloud::Credentials;
 use ccm_agent::config::Config;
 use ccm_agent::emulator::{Emulator, EmulatorConfig};
+use prom_text::sample;
 
 async fn emulator_with_ca() -> (Emulator, String) {
     ccm_agent::cloud::install_crypto_provider();
@@ -88,19 +91,6 @@ async fn scrape(addr: &str) -> String {
         .text()
         .await
         .expect("body")
-}
-
-/// The value of the first sample whose line starts with `prefix` (metric name and labels).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 async fn wait_for<F: Fn() -> bool>(what: &str, limit: Duration, f: F) {

@@ -14,9 +14,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod prom_text;
 mod reload_common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,18 +28,14 @@ use ccm_agent::config::Config;
 use ccm_agent::emulator::{Emulator, EmulatorConfig};
 use ccm_agent::metrics::{Metrics, Readiness};
 use ccm_agent::reload::{ReloadError, Stage, VerifyEndpoint};
-use reload_common::{Running, find_binary, free_port, is_root, run, served, wait_served};
+use prom_text::{sample, sum_where};
+use reload_common::apache::{self, write_key_conf};
+use reload_common::{free_port, served, wait_served};
 
 const SNI: &str = "web.e2e.internal";
 
 /// How long the test waits for Apache to serve what it expects (a loaded 2-core CI machine).
 const WAIT: Duration = Duration::from_secs(30);
-
-const MODULE_DIRS: [&str; 3] = [
-    "/usr/lib/apache2/modules",
-    "/usr/lib64/httpd/modules",
-    "/usr/lib/httpd/modules",
-];
 
 const FORCE: CheckOptions = CheckOptions {
     force: true,
@@ -50,36 +47,6 @@ fn fingerprint(path: &Path) -> String {
     ccm_agent::pki::parse_cert(&pem)
         .unwrap()
         .sha256_fingerprint_hex
-}
-
-/// The value of the sample `name{labels...}` in a Prometheus text scrape (every given label
-/// must be on the sample; others may be too).
-fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape.lines().find_map(|line| {
-        let (set, value) = line
-            .strip_prefix(name)?
-            .strip_prefix('{')?
-            .rsplit_once("} ")?;
-        let pairs: Vec<&str> = set.split(',').collect();
-        let all = labels
-            .iter()
-            .all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str()));
-        if all { value.trim().parse().ok() } else { None }
-    })
-}
-
-/// The sum of the samples of `name` whose labels satisfy `keep`.
-fn sum_where(scrape: &str, name: &str, keep: impl Fn(&str) -> bool) -> f64 {
-    scrape
-        .lines()
-        .filter_map(|line| {
-            let (set, value) = line
-                .strip_prefix(name)?
-                .strip_prefix('{')?
-                .rsplit_once("} ")?;
-            keep(set).then(|| value.trim().parse::<f64>().ok())?
-        })
-        .sum()
 }
 
 /// Asserts the reload metrics of certificate `web`: reloads by result, rollbacks by result,
@@ -140,77 +107,9 @@ fn reload_error(err: PassError) -> Box<ReloadError> {
     }
 }
 
-/// Writes the server configuration: `extra.conf` (empty) is included at server level and
-/// `key.conf` (the key directive) inside the virtual host, so the test can break either.
-fn write_config(d: &Path, live: &Path, modules: &Path, port: u16) -> PathBuf {
-    for sub in ["run", "htdocs"] {
-        std::fs::create_dir_all(d.join(sub)).unwrap();
-    }
-    std::fs::write(d.join("extra.conf"), "# included\n").unwrap();
-    write_key_conf(d, &live.join("privkey.pem"));
-    let load = |name: &str, file: &str| {
-        let path = modules.join(file);
-        if path.is_file() {
-            format!("LoadModule {name} {}\n", path.display())
-        } else {
-            String::new() // built in
-        }
-    };
-    // As root, children switch to User/Group; elsewhere the directives are ignored.
-    let user = if is_root() {
-        "User nobody\nGroup nogroup\n"
-    } else {
-        ""
-    };
-    let conf = d.join("httpd.conf");
-    let text = format!(
-        r#"ServerRoot "{d}"
-DefaultRuntimeDir "{d}/run"
-PidFile "{d}/httpd.pid"
-ErrorLog "{d}/error.log"
-LogLevel notice
-{user}Listen 127.0.0.1:{port}
-{mpm}{authz}{socache}{ssl}ServerName {SNI}
-DocumentRoot "{d}/htdocs"
-Include "{d}/extra.conf"
-<VirtualHost 127.0.0.1:{port}>
-    ServerName {SNI}
-    SSLEngine on
-    SSLCertificateFile "{fullchain}"
-    Include "{d}/key.conf"
-</VirtualHost>
-"#,
-        d = d.display(),
-        mpm = load("mpm_event_module", "mod_mpm_event.so"),
-        authz = load("authz_core_module", "mod_authz_core.so"),
-        socache = load("socache_shmcb_module", "mod_socache_shmcb.so"),
-        ssl = load("ssl_module", "mod_ssl.so"),
-        fullchain = live.join("fullchain.pem").display(),
-    );
-    std::fs::write(&conf, text).unwrap();
-    conf
-}
-
-fn write_key_conf(d: &Path, key: &Path) {
-    std::fs::write(
-        d.join("key.conf"),
-        format!("SSLCertificateKeyFile \"{}\"\n", key.display()),
-    )
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_renews_reloads_apache_and_rolls_back_broken_configs() {
-    let Some(apache) = find_binary(&["apache2", "httpd"]) else {
-        eprintln!("skipped: Apache httpd is not installed (apt-get install apache2)");
-        return;
-    };
-    let Some(modules) = MODULE_DIRS
-        .iter()
-        .map(Path::new)
-        .find(|d| d.join("mod_ssl.so").is_file())
-    else {
-        eprintln!("skipped: mod_ssl.so not found in {MODULE_DIRS:?}");
+    let Some(installed) = apache::find() else {
         return;
     };
     ccm_agent::cloud::install_crypto_provider();
@@ -242,13 +141,14 @@ async fn the_agent_renews_reloads_apache_and_rolls_back_broken_configs() {
     std::fs::write(live.join("fullchain.pem"), &placeholder).unwrap();
     std::fs::write(live.join("privkey.pem"), key.to_pem()).unwrap();
 
-    let conf = write_config(d, &live, modules, port);
-    let (apache_s, conf_s) = (apache.to_str().unwrap(), conf.to_str().unwrap());
-    run(&[apache_s, "-f", conf_s, "-k", "start"]);
-    let _running = Running {
-        pid_file: d.join("httpd.pid"),
-        error_log: d.join("error.log"),
-    };
+    let conf = installed.write_config(
+        d,
+        port,
+        SNI,
+        &live.join("fullchain.pem"),
+        &live.join("privkey.pem"),
+    );
+    let _running = installed.start(d, &conf);
     let endpoint = VerifyEndpoint {
         address: "127.0.0.1".into(),
         port,
@@ -299,7 +199,7 @@ sni = "{SNI}"
         ak = aksk.access_key,
         domain = aksk.domain_id.clone().unwrap_or_default(),
         live = live.display(),
-        apache = apache.display(),
+        apache = installed.binary.display(),
         conf = conf.display(),
     );
     let config = Arc::new(Config::from_str(&text, "e2e.toml").unwrap());

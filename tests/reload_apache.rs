@@ -26,12 +26,6 @@ use reload_common::*;
 
 const VERIFY: Duration = Duration::from_secs(10);
 
-const MODULE_DIRS: [&str; 3] = [
-    "/usr/lib/apache2/modules",
-    "/usr/lib64/httpd/modules",
-    "/usr/lib/httpd/modules",
-];
-
 struct Apache {
     binary: PathBuf,
     conf: PathBuf,
@@ -41,78 +35,17 @@ struct Apache {
 }
 
 fn start(site: &Site, key: &Path) -> Option<Apache> {
-    let Some(binary) = find_binary(&["apache2", "httpd"]) else {
-        eprintln!("skipped: Apache httpd is not installed (apt-get install apache2)");
-        return None;
-    };
-    let Some(modules) = MODULE_DIRS
-        .iter()
-        .map(Path::new)
-        .find(|d| d.join("mod_ssl.so").is_file())
-    else {
-        eprintln!("skipped: mod_ssl.so not found in {MODULE_DIRS:?}");
-        return None;
-    };
+    let installed = apache::find()?;
     let dir = site.dir();
     let port = free_port();
-    let conf = dir.join("httpd.conf");
-    let pid_file = dir.join("httpd.pid");
-    for d in ["run", "htdocs"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    std::fs::write(dir.join("extra.conf"), "# included\n").unwrap();
-    let load = |name: &str, file: &str| {
-        let path = modules.join(file);
-        if path.is_file() {
-            format!("LoadModule {name} {}\n", path.display())
-        } else {
-            String::new() // built in
-        }
-    };
-    // As root, children switch to User/Group; elsewhere the directives are ignored.
-    let user = if is_root() {
-        "User nobody\nGroup nogroup\n"
-    } else {
-        ""
-    };
-    let text = format!(
-        r#"ServerRoot "{dir}"
-DefaultRuntimeDir "{dir}/run"
-PidFile "{pid}"
-ErrorLog "{dir}/error.log"
-LogLevel notice
-{user}Listen 127.0.0.1:{port}
-{mpm}{authz}{socache}{ssl}ServerName {SNI}
-DocumentRoot "{dir}/htdocs"
-Include "{dir}/extra.conf"
-<VirtualHost 127.0.0.1:{port}>
-    ServerName {SNI}
-    SSLEngine on
-    SSLCertificateFile "{fullchain}"
-    SSLCertificateKeyFile "{key}"
-</VirtualHost>
-"#,
-        dir = dir.display(),
-        pid = pid_file.display(),
-        mpm = load("mpm_event_module", "mod_mpm_event.so"),
-        authz = load("authz_core_module", "mod_authz_core.so"),
-        socache = load("socache_shmcb_module", "mod_socache_shmcb.so"),
-        ssl = load("ssl_module", "mod_ssl.so"),
-        fullchain = site.paths.fullchain.display(),
-        key = key.display(),
-    );
-    std::fs::write(&conf, text).unwrap();
-    let (b, c) = (binary.to_str().unwrap(), conf.to_str().unwrap());
-    run(&[b, "-f", c, "-k", "start"]);
+    let conf = installed.write_config(dir, port, SNI, &site.paths.fullchain, key);
+    let running = installed.start(dir, &conf);
     Some(Apache {
-        binary,
+        binary: installed.binary,
         conf,
-        pid_file: pid_file.clone(),
+        pid_file: apache::pid_file(dir),
         port,
-        _running: Running {
-            pid_file,
-            error_log: dir.join("error.log"),
-        },
+        _running: running,
     })
 }
 

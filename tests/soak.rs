@@ -28,6 +28,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod file_observer;
+mod prom_text;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -483,16 +484,7 @@ impl Daemon {
 
 /// The value of `name{labels…}` in a Prometheus text, 0 when absent.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    prom_text::sample(text, name, labels).unwrap_or(0.0)
 }
 
 fn installed_fingerprint(dir: &Path) -> Option<String> {

@@ -1,6 +1,6 @@
-//! Shared by `reload_nginx.rs` and `reload_apache.rs`: certificates, the agent's install into
-//! a temp directory, free loopback ports, finding the server binaries, and stopping a server
-//! when a test ends (even by panic).
+//! Shared by `reload_nginx.rs`, `reload_apache.rs` and the end-to-end tests: certificates, the
+//! agent's install into a temp directory, free loopback ports, finding the server binaries, an
+//! Apache setup ([`apache`]), and stopping a server when a test ends (even by panic).
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -17,6 +17,8 @@ use ccm_agent::pki::{
 };
 use ccm_agent::reload::{ChangeContext, InstalledPaths, VerifyEndpoint, served_fingerprint};
 use time::OffsetDateTime;
+
+pub mod apache;
 
 pub const SNI: &str = "www.example.com";
 

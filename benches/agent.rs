@@ -9,7 +9,10 @@
 //!
 //! Options (after `--`): `--latency-ms N` (default 50), `--scm10k-latency-ms N` (default 5:
 //! the SCM pass is sequential beyond 150 certificates, see BENCHMARKS.md), `--idle-secs N`
-//! (default 60), `--only pca1k,pca10k,scm1k,scm10k,renew,nginx`.
+//! (default 60), `--only pca1k,pca10k,scm1k,scm10k,renew,nginx` (the names stand for the
+//! default sizes), `--small N` / `--large N` (the sizes of the "1k" and "10k" fleets),
+//! `--renewals N`, `--scrapes N`. The agent inherits the environment (`MALLOC_ARENA_MAX=2
+//! cargo bench ...` reaches it).
 //!
 //! Setup: the emulator's state and the agent's installed files are written directly through
 //! library functions (the emulator signs each certificate in memory; the agent's four PEM files
@@ -80,7 +83,7 @@ impl Opts {
                 small: 1_000,
                 large: 10_000,
                 renewals: 1_000,
-                scrapes: 100,
+                scrapes: 30,
                 nginx_rounds: 10,
             }
         } else {
@@ -100,6 +103,10 @@ impl Opts {
         o.latency_ms = num("--latency-ms", o.latency_ms);
         o.scm10k_latency_ms = num("--scm10k-latency-ms", o.scm10k_latency_ms);
         o.idle_secs = num("--idle-secs", o.idle_secs);
+        o.small = num("--small", o.small as u64) as usize;
+        o.large = num("--large", o.large as u64) as usize;
+        o.renewals = num("--renewals", o.renewals as u64) as usize;
+        o.scrapes = num("--scrapes", o.scrapes as u64) as usize;
         o.only = value("--only").map(|v| v.split(',').map(str::to_owned).collect());
         o
     }
@@ -551,6 +558,12 @@ impl AgentProcess {
 
     /// `VmRSS` and `VmHWM` in KiB.
     fn memory(&self) -> (u64, u64) {
+        let (rss, hwm, _) = self.memory_threads();
+        (rss, hwm)
+    }
+
+    /// `VmRSS`, `VmHWM` (KiB) and `Threads`.
+    fn memory_threads(&self) -> (u64, u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         let field = |name: &str| {
             status
@@ -560,7 +573,7 @@ impl AgentProcess {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        (field("VmRSS:"), field("VmHWM:"))
+        (field("VmRSS:"), field("VmHWM:"), field("Threads:"))
     }
 
     /// utime + stime, in clock ticks.
@@ -671,7 +684,7 @@ async fn check_cycle(
     let wall = started.elapsed();
     let ops = diff(&shared.request_counts(), &before);
     let requests: u64 = ops.values().sum();
-    let (_, hwm) = agent.memory();
+    let (_, hwm, threads) = agent.memory_threads();
     let ideal =
         Duration::from_secs_f64(requests as f64 * latency_ms as f64 / 1000.0 / CONCURRENCY as f64);
     let failed = failures(&fleet.state());
@@ -707,13 +720,13 @@ async fn check_cycle(
             format!("agent peak RSS (VmHWM), {} {n}-cert cycle", source.label()),
             mib(hwm),
             if n >= 10_000 { "< 64 MiB" } else { "(none)" },
-            "/proc/PID/status after the startup check".into(),
+            format!("/proc/PID/status after the startup check; {threads} threads"),
         ));
     }
     if idle {
         // Let the pass's buffers settle, then measure an idle interval.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let (rss0, _) = agent.memory();
+        let (rss0, _, threads) = agent.memory_threads();
         let t0 = agent.cpu_ticks();
         let w0 = Instant::now();
         tokio::time::sleep(Duration::from_secs(opts.idle_secs)).await;
@@ -728,7 +741,7 @@ async fn check_cycle(
             mib(rss0.max(rss1)),
             if n == 1_000 { "< 20 MiB" } else { "(none)" },
             format!(
-                "{} before and {} after the idle interval",
+                "{} before and {} after the idle interval; {threads} threads",
                 mib(rss0),
                 mib(rss1)
             ),

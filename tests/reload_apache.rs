@@ -250,3 +250,45 @@ async fn a_failed_config_test_rolls_back_and_the_old_certificate_stays() {
     let probe = served_fingerprint(&ep, Duration::from_secs(5)).await;
     assert!(!matches!(probe, Err(ProbeError::Connect { .. })));
 }
+
+/// The same key mismatch with the reload by SIGUSR1 to the pid file: the graceful restart takes
+/// the parent down and leaves a stale pid file, so the rollback cannot signal it; it starts the
+/// server instead (`apache2 -f CONF -k start`), which comes back on the old files.
+#[tokio::test]
+async fn a_server_a_signalled_reload_took_down_is_started_again_by_the_rollback() {
+    let site = Site::new();
+    let (a, b) = (leaf(), leaf());
+    site.install(&a);
+    let pinned = site.dir().join("pinned.key");
+    std::fs::write(&pinned, &a.key).unwrap();
+    let Some(apache) = start(&site, &pinned) else {
+        return;
+    };
+    let ep = endpoint(apache.port);
+    wait_served(&ep, &a.fingerprint, VERIFY).await;
+    let parent = std::fs::read_to_string(&apache.pid_file).unwrap();
+
+    let outcome = site.install(&b);
+    let mut plan = apache.plan(apache.action(true));
+    plan.verify_timeout = Duration::from_secs(3);
+    let e = apply_after_install(&plan, &site.change(&outcome, &a, &b), site.rollback())
+        .await
+        .unwrap_err();
+    assert_eq!(e.stage, Stage::Verify, "{e}");
+    assert_eq!(e.rollback.reload, Some(Ok(())), "{}", e.rollback);
+    assert_eq!(e.rollback.old_served, Some(Ok(())), "{}", e.rollback);
+    assert!(e.rollback.complete(), "{}", e.rollback);
+    let started = e
+        .steps
+        .iter()
+        .find(|s| s.stage == Stage::RollbackReload && s.what.contains("-k start"));
+    assert!(
+        started.is_some(),
+        "the rollback started the server: {:?}",
+        e.steps
+    );
+    assert_eq!(site.installed_fingerprint(), a.fingerprint);
+    assert_eq!(served(&ep).await, a.fingerprint);
+    let now = std::fs::read_to_string(&apache.pid_file).unwrap();
+    assert_ne!(parent.trim(), now.trim(), "a new parent");
+}

@@ -1572,3 +1572,100 @@ async fn an_unset_pkcs12_password_is_a_config_error_before_anything_is_issued() 
     let want = format!("write {} (0640)", e.out.join("bundle.p12").display());
     assert!(all.iter().any(|s| s.starts_with(&want)), "{all:?}");
 }
+
+/// Three PCA certificates, each in its own directory.
+fn pca_trio(e: &Env) -> Vec<ManagedCertificate> {
+    ["one", "two", "three"]
+        .iter()
+        .map(|n| {
+            let text = format!(
+                r#"
+[[certificates]]
+name = "{n}"
+renew_at_fraction = 0.5
+jitter = 0
+[certificates.pca]
+ca_id = "{ca}"
+key_algorithm = "EC256"
+validity = {{ type = "DAY", value = 30 }}
+subject = {{ common_name = "{n}.internal" }}
+[certificates.output]
+dir = "{out}/{n}"
+"#,
+                ca = e.sub_id,
+                out = e.out.display()
+            );
+            parse_config(&text)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn one_revocation_listing_serves_a_pass_and_still_catches_a_revoked_certificate() {
+    let e = env().await;
+    let certs = pca_trio(&e);
+    for c in &certs {
+        let r = e.renewer.check(c, CheckOptions::default()).await.unwrap();
+        assert!(matches!(r.action, Action::Renewed { .. }), "{:?}", r.action);
+    }
+    let records = ccm_agent::agent::renew::record::Records::new(&e.state);
+    let two_id = records.load("two").unwrap().cloud_id.unwrap();
+    e.client
+        .revoke_private_certificate(&two_id, None)
+        .await
+        .unwrap();
+
+    // A pass: one listing, then no lookup of its own by any check; the revoked one is renewed.
+    let shows = e.shared.count_requests("pca.show_certificate");
+    let lists = e.shared.count_requests("pca.list_certificate");
+    let issued = csr_count(&e);
+    let refs: Vec<&ManagedCertificate> = certs.iter().collect();
+    assert!(e.renewer.pca_revocations(&refs).await.unwrap());
+    assert_eq!(e.shared.count_requests("pca.list_certificate"), lists + 1);
+    for c in &certs {
+        let r = e.renewer.check(c, CheckOptions::default()).await.unwrap();
+        if c.name == "two" {
+            assert!(matches!(r.action, Action::Renewed { .. }), "{:?}", r.action);
+        } else {
+            assert_eq!(r.action, Action::None, "{}", c.name);
+        }
+    }
+    assert_eq!(
+        csr_count(&e),
+        issued + 1,
+        "only the revoked one was reissued"
+    );
+    assert_eq!(
+        e.shared.count_requests("pca.show_certificate"),
+        shows,
+        "the checks used the pass"
+    );
+    assert_ne!(records.load("two").unwrap().cloud_id.unwrap(), two_id);
+
+    // A pass serves each certificate once: the next check looks its certificate up itself.
+    e.renewer
+        .check(&certs[0], CheckOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(e.shared.count_requests("pca.show_certificate"), shows + 1);
+
+    // Revoked after the listing: a stale pass does not hide it once its time is up.
+    assert!(e.renewer.pca_revocations(&refs).await.unwrap());
+    let one_id = records.load("one").unwrap().cloud_id.unwrap();
+    e.client
+        .revoke_private_certificate(&one_id, None)
+        .await
+        .unwrap();
+    e.shared.advance_clock(time::Duration::minutes(11));
+    let r = e
+        .renewer
+        .check(&certs[0], CheckOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(r.action, Action::Renewed { .. }), "{:?}", r.action);
+
+    // One PCA certificate: no pass (a lookup is cheaper than a listing).
+    let lists = e.shared.count_requests("pca.list_certificate");
+    assert!(!e.renewer.pca_revocations(&refs[..1]).await.unwrap());
+    assert_eq!(e.shared.count_requests("pca.list_certificate"), lists);
+}

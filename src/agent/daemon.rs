@@ -326,6 +326,17 @@ impl Agent {
         {
             tracing::warn!(error = %e, "SCM listing for this pass failed; checking one by one");
         }
+        // PCA: one listing of the revoked certificates instead of one lookup per certificate
+        // (skipped when it would not save requests; a failure means each check looks up its own).
+        let pca: Vec<&ManagedCertificate> = config
+            .certificates
+            .iter()
+            .filter(|c| matches!(c.source, CertificateSource::Pca(_)))
+            .filter(|c| opts.force || !self.in_backoff(&c.name, now))
+            .collect();
+        if let Err(e) = self.renewer.pca_revocations(&pca).await {
+            tracing::warn!(error = %e, "PCA revocation listing for this pass failed; checking one by one");
+        }
         let mut tasks = tokio::task::JoinSet::new();
         for cert in &config.certificates {
             if !opts.force && self.in_backoff(&cert.name, now) {

@@ -245,6 +245,9 @@ impl Hooks {
 enum ReloadStep {
     Run(Argv, Duration),
     Signal(PathBuf, SignalName),
+    /// The signal when the process in the pid file is alive, otherwise the command, which
+    /// starts the server (a rollback after a reload that took the server down).
+    SignalOrStart(PathBuf, SignalName, Argv, Duration),
 }
 
 impl fmt::Display for ReloadStep {
@@ -255,6 +258,14 @@ impl fmt::Display for ReloadStep {
                 write!(
                     f,
                     "SIG{} to the pid in {}",
+                    sig.as_str(),
+                    pid_file.display()
+                )
+            }
+            ReloadStep::SignalOrStart(pid_file, sig, start, _) => {
+                write!(
+                    f,
+                    "SIG{} to the pid in {}, or `{start}` when it is not running",
                     sig.as_str(),
                     pid_file.display()
                 )
@@ -308,6 +319,43 @@ impl ReloadAction {
                 Some(Argv(v))
             }
             _ => None,
+        }
+    }
+
+    /// The reload of a rollback: like [`Self::reload_step`], but it also brings back a server
+    /// that the failed change took down (an Apache parent exits when a graceful restart meets a
+    /// certificate that does not match its key, and a signal to its stale pid file would fail):
+    /// `systemctl reload-or-restart` instead of `reload`, and for a pid file, the server started
+    /// when the pid is not alive. `-k graceful` and `nginx -s reload` need no change: apachectl
+    /// starts a server that is not running, and an nginx master does not exit on a bad reload.
+    fn rollback_reload_step(&self) -> ReloadStep {
+        let restart = |unit: &str, timeout: Duration| {
+            ReloadStep::Run(
+                Argv::new([SYSTEMCTL, SystemdMode::ReloadOrRestart.as_str(), unit]),
+                timeout,
+            )
+        };
+        match self {
+            ReloadAction::Nginx(a) => match (&a.systemd_unit, &a.pid_file) {
+                (Some(unit), _) => restart(unit, a.timeout),
+                (None, Some(pid)) => {
+                    let mut v = vec![path_arg(&a.binary)];
+                    v.extend(a.location_args());
+                    ReloadStep::SignalOrStart(pid.clone(), SignalName::Hup, Argv(v), a.timeout)
+                }
+                (None, None) => self.reload_step(),
+            },
+            ReloadAction::Apache(a) => match (&a.systemd_unit, &a.pid_file) {
+                (Some(unit), _) => restart(unit, a.timeout),
+                (None, Some(pid)) => {
+                    let mut v = vec![path_arg(&a.binary)];
+                    v.extend(a.location_args());
+                    v.extend(["-k".into(), "start".into()]);
+                    ReloadStep::SignalOrStart(pid.clone(), SignalName::Usr1, Argv(v), a.timeout)
+                }
+                (None, None) => self.reload_step(),
+            },
+            _ => self.reload_step(),
         }
     }
 
@@ -704,7 +752,9 @@ pub fn describe(plan: &ReloadPlan) -> Vec<String> {
     }
     for a in &plan.actions {
         let limit = match a.reload_step() {
-            ReloadStep::Run(_, d) => format!(" (time limit {})", t(d)),
+            ReloadStep::Run(_, d) | ReloadStep::SignalOrStart(_, _, _, d) => {
+                format!(" (time limit {})", t(d))
+            }
             ReloadStep::Signal(..) => String::new(),
         };
         lines.push(format!("{}: reload {}{limit}", a.label(), a.reload_step()));
@@ -951,10 +1001,22 @@ impl Runner<'_> {
     }
 
     async fn reload(&mut self, stage: Stage, a: &ReloadAction) -> Result<(), Failure> {
-        let step = a.reload_step();
+        let step = if stage == Stage::RollbackReload {
+            a.rollback_reload_step()
+        } else {
+            a.reload_step()
+        };
         let r = match &step {
             ReloadStep::Run(argv, timeout) => self.command(stage, argv, &[], *timeout).await,
-            ReloadStep::Signal(pid_file, sig) => {
+            ReloadStep::SignalOrStart(pid_file, _, start, timeout) if !pid_alive(pid_file) => {
+                tracing::warn!(
+                    certificate = %self.ctx.name,
+                    pid_file = %pid_file.display(),
+                    "the server is not running; starting it"
+                );
+                self.command(stage, start, &[], *timeout).await
+            }
+            ReloadStep::Signal(pid_file, sig) | ReloadStep::SignalOrStart(pid_file, sig, _, _) => {
                 let t = Instant::now();
                 let r = send_signal(pid_file, *sig);
                 self.record(stage, step.to_string(), &r, t);
@@ -1008,6 +1070,15 @@ impl Runner<'_> {
             )),
         }
     }
+}
+
+/// Whether the pid file names a live process (a missing or unreadable pid file: no).
+fn pid_alive(pid_file: &Path) -> bool {
+    std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
 }
 
 /// Sends `sig` to the pid in `pid_file`, and checks the process is still alive afterwards (a

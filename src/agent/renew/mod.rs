@@ -11,6 +11,10 @@
 //!   ([`plan::decide`] with this host's [`plan::jitter_unit`]), revoked in PCA, or no longer
 //!   matching the configuration (CA, mode, names) is renewed. Superseded certificates are revoked
 //!   (reason SUPERSEDED) once their grace period has passed; a failed revocation is a warning.
+//!   Whether the installed certificate was revoked comes from the pass's one listing of revoked
+//!   certificates ([`Renewer::pca_revocations`]) when the daemon made one, otherwise from a
+//!   lookup of that certificate; with a pass, a check of a certificate that is not due makes no
+//!   request of its own.
 //! - **SCM** ([`scm`]): the configured id, or the newest valid certificate with the configured
 //!   name or domain, is exported and installed when it is not the one installed; when the chosen
 //!   certificate is due for renewal and nothing newer exists, the report carries a warning (it
@@ -167,6 +171,7 @@ pub struct Renewer {
     host_id: String,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     scm_snapshot: Mutex<Option<scm::Snapshot>>,
+    pca_revoked: Mutex<Option<pca::RevokedSnapshot>>,
 }
 
 impl fmt::Debug for Renewer {
@@ -208,6 +213,7 @@ impl Renewer {
             host_id,
             slots: Mutex::new(HashMap::new()),
             scm_snapshot: Mutex::new(None),
+            pca_revoked: Mutex::new(None),
         })
     }
 

@@ -298,14 +298,20 @@ impl Renewer {
             }
         }
         if let Some(id) = &record.cloud_id {
-            match self.client.show_private_certificate(id).await {
-                Ok(c) if c.status == CertificateStatus::Revoked => {
-                    return Ok(Need::Issue(format!("certificate {id} was revoked in PCA")));
-                }
-                Ok(_) => {}
-                Err(e) => report.warnings.push(format!(
-                    "could not read certificate {id} from PCA (its revocation status is unknown): {e}"
-                )),
+            let revoked = match self.revoked_in_pass(&cert.name, id) {
+                Some(revoked) => revoked,
+                None => match self.client.show_private_certificate(id).await {
+                    Ok(c) => c.status == CertificateStatus::Revoked,
+                    Err(e) => {
+                        report.warnings.push(format!(
+                            "could not read certificate {id} from PCA (its revocation status is unknown): {e}"
+                        ));
+                        false
+                    }
+                },
+            };
+            if revoked {
+                return Ok(Need::Issue(format!("certificate {id} was revoked in PCA")));
             }
         }
         let lifetime = Lifetime::new(installed.not_before, installed.not_after);
@@ -1002,4 +1008,104 @@ fn pki_sans(src: &PcaSource) -> Result<Vec<pki::SubjectAltName>, String> {
                 .map_err(|e| e.to_string())
         })
         .collect()
+}
+
+/// How long a revocation listing may stand in for a check's own lookup.
+pub const REVOKED_SNAPSHOT_TTL: time::Duration = time::Duration::minutes(10);
+/// Page size of the revocation listing (the API's maximum).
+const REVOKED_PAGE: u32 = 1000;
+
+/// The revoked certificates of one listing pass ([`Renewer::pca_revocations`]).
+pub(super) struct RevokedSnapshot {
+    taken_at: time::OffsetDateTime,
+    revoked: HashSet<String>,
+    /// Names that have not used it yet.
+    unused: HashSet<String>,
+}
+
+impl Renewer {
+    /// One listing pass for the revocation status of many PCA certificates: the revoked
+    /// certificates of the account (`status=REVOKED`, pages of 1000), kept for the next
+    /// [`check`](Self::check) of each of the given certificates, which then needs no request of
+    /// its own to learn whether its certificate was revoked. Each name uses the pass once, and
+    /// only within [`REVOKED_SNAPSHOT_TTL`]; after that a check looks its certificate up itself
+    /// (`GET /v1/private-certificates/{id}`), as it does without a pass.
+    ///
+    /// The pass is skipped (`Ok(false)`) when it would cost more requests than it saves: fewer
+    /// than two PCA certificates, or more pages of revoked certificates than there are PCA
+    /// certificates. Returns whether a pass is now in place.
+    pub async fn pca_revocations(&self, certs: &[&ManagedCertificate]) -> Result<bool, RenewError> {
+        let names: HashSet<String> = certs
+            .iter()
+            .filter(|c| matches!(c.source, crate::config::CertificateSource::Pca(_)))
+            .map(|c| c.name.clone())
+            .collect();
+        if names.len() < 2 {
+            return Ok(false);
+        }
+        let err = |e| RenewError::cloud("(pca)", "list revoked certificates", None, e);
+        let query = |offset: u32| ListCertificatesQuery {
+            limit: Some(REVOKED_PAGE),
+            offset: Some(offset),
+            status: Some(CertificateStatus::Revoked),
+            ..ListCertificatesQuery::default()
+        };
+        let taken_at = self.now();
+        let first = self
+            .client
+            .list_private_certificates(&query(0))
+            .await
+            .map_err(err)?;
+        let pages = first.total.div_ceil(u64::from(REVOKED_PAGE));
+        if pages > names.len() as u64 {
+            tracing::debug!(
+                revoked = first.total,
+                certificates = names.len(),
+                "more revoked certificates than a listing pass pays for; each check looks up its own"
+            );
+            return Ok(false);
+        }
+        let mut revoked: HashSet<String> = HashSet::new();
+        let mut page = first.certificates;
+        let mut offset: u32 = 0;
+        loop {
+            let n = u32::try_from(page.len()).unwrap_or(u32::MAX);
+            revoked.extend(
+                page.into_iter()
+                    .filter(|c| c.status == CertificateStatus::Revoked)
+                    .map(|c| c.certificate_id),
+            );
+            offset = offset.saturating_add(n);
+            if n < REVOKED_PAGE || u64::from(offset) >= first.total {
+                break;
+            }
+            page = self
+                .client
+                .list_private_certificates(&query(offset))
+                .await
+                .map_err(err)?
+                .certificates;
+        }
+        let mut g = self.pca_revoked.lock().unwrap_or_else(|p| p.into_inner());
+        *g = Some(RevokedSnapshot {
+            taken_at,
+            revoked,
+            unused: names,
+        });
+        Ok(true)
+    }
+
+    /// From the pass, whether certificate `id` of `name` is revoked; `None` when no fresh pass
+    /// holds an answer for `name`.
+    fn revoked_in_pass(&self, name: &str, id: &str) -> Option<bool> {
+        let now = self.now();
+        let mut g = self.pca_revoked.lock().unwrap_or_else(|p| p.into_inner());
+        let snap = g.as_mut()?;
+        let age = now - snap.taken_at;
+        if age > REVOKED_SNAPSHOT_TTL || age.is_negative() {
+            *g = None;
+            return None;
+        }
+        snap.unused.remove(name).then(|| snap.revoked.contains(id))
+    }
 }

@@ -602,6 +602,47 @@ impl AgentProcess {
     }
 }
 
+/// With `CCM_BENCH_PERF=FILE`, `perf record` the agent's check cycle into FILE (diagnostics:
+/// where the agent's CPU time goes).
+fn profile(pid: u32) -> Option<std::process::Child> {
+    let out = std::env::var_os("CCM_BENCH_PERF")?;
+    std::process::Command::new("perf")
+        .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()
+}
+
+fn stop_profile(perf: Option<std::process::Child>) {
+    use rustix::process::{Pid, Signal, kill_process};
+    if let Some(mut p) = perf {
+        if let Some(pid) = Pid::from_raw(p.id() as i32) {
+            let _ = kill_process(pid, Signal::INT);
+        }
+        let _ = p.wait();
+    }
+}
+
+/// Wall time of `ccm-agent check --config` (parse and validate, offline): the part of a startup
+/// that is not the check itself.
+fn config_load_time(fleet: &Fleet) -> Duration {
+    let started = Instant::now();
+    let out = std::process::Command::new(agent_binary())
+        .args(["check", "--config"])
+        .arg(&fleet.config)
+        .env(SK_ENV, fleet.emu.shared().config().secret_key.expose())
+        .output()
+        .expect("running ccm-agent check");
+    assert!(
+        out.status.success(),
+        "ccm-agent check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    started.elapsed()
+}
+
 fn clock_ticks_per_second() -> u64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
@@ -677,11 +718,15 @@ async fn check_cycle(
             ..FaultRule::new("*")
         });
     }
+    let load = config_load_time(&fleet);
     let before = shared.request_counts();
     let started = Instant::now();
     let mut agent = AgentProcess::spawn(&fleet);
+    let perf = profile(agent.pid());
     agent.wait_ready(&fleet.metrics).await;
     let wall = started.elapsed();
+    stop_profile(perf);
+    let cycle_cpu = agent.cpu_ticks() as f64 / clock_ticks_per_second() as f64;
     let ops = diff(&shared.request_counts(), &before);
     let requests: u64 = ops.values().sum();
     let (_, hwm, threads) = agent.memory_threads();
@@ -707,10 +752,11 @@ async fn check_cycle(
         format!("{} ({ratio})", secs(wall)),
         target,
         format!(
-            "ideal {} = {requests} requests × {latency_ms} ms / {CONCURRENCY}; {:.2} requests/cert; {}; failed {failed}; seeded in {}",
+            "ideal {} = {requests} requests × {latency_ms} ms / {CONCURRENCY}; {:.2} requests/cert; {}; failed {failed}; agent CPU {cycle_cpu:.2} s; `ccm-agent check` (config load alone) {}; seeded in {}",
             secs(ideal),
             requests as f64 / n as f64,
             ops_text(&ops),
+            secs(load),
             secs(fleet.seed_time)
         ),
     )];
@@ -1001,6 +1047,12 @@ sni = "web.bench.internal"
         )
         .unwrap(),
     );
+    // What each task of a pass holds while it waits for its permit: `check_all` spawns one
+    // task per certificate up front. Futures are lazy: building one does nothing.
+    let pass_future_size = {
+        let fut = agent.pass(config.certificate("web").unwrap(), CheckOptions::default());
+        std::mem::size_of_val(&fut)
+    };
     let cert_path = live.join("cert.pem");
     // First install.
     agent
@@ -1066,5 +1118,11 @@ sni = "web.bench.internal"
             "{rounds} forced renewals; cert.pem polled every 1 ms, then TLS probes back to back; whole pass (issue, export, verify, install, nginx -t, SIGHUP, served check) median {:.0} ms",
             ms(percentile(&pass_times, 50.0))
         ),
+    ),
+    row(
+        "size of one `Agent::pass` future",
+        format!("{:.1} KiB", pass_future_size as f64 / 1024.0),
+        "(none)",
+        "std::mem::size_of_val of the future before it is polled; a pass spawns one per certificate before taking a permit".into(),
     )]
 }

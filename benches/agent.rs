@@ -258,7 +258,7 @@ fn name_of(source: Source, i: usize) -> String {
 }
 
 fn is_due(i: usize, due_every: usize) -> bool {
-    due_every > 0 && i % due_every == 0
+    due_every > 0 && i.is_multiple_of(due_every)
 }
 
 fn window(due: bool, now: OffsetDateTime) -> (OffsetDateTime, OffsetDateTime) {
@@ -602,10 +602,11 @@ impl AgentProcess {
     }
 }
 
-/// With `CCM_BENCH_PERF=FILE`, `perf record` the agent's check cycle into FILE (diagnostics:
-/// where the agent's CPU time goes).
-fn profile(pid: u32) -> Option<std::process::Child> {
-    let out = std::env::var_os("CCM_BENCH_PERF")?;
+/// With `CCM_BENCH_PERF=FILE`, `perf record` the agent's check cycle into FILE and its
+/// `/metrics` scrapes into FILE.scrape (diagnostics: where the agent's CPU time goes).
+fn profile(pid: u32, suffix: &str) -> Option<std::process::Child> {
+    let mut out = std::env::var_os("CCM_BENCH_PERF")?;
+    out.push(suffix);
     std::process::Command::new("perf")
         .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
         .arg(out)
@@ -722,7 +723,7 @@ async fn check_cycle(
     let before = shared.request_counts();
     let started = Instant::now();
     let mut agent = AgentProcess::spawn(&fleet);
-    let perf = profile(agent.pid());
+    let perf = profile(agent.pid(), "");
     agent.wait_ready(&fleet.metrics).await;
     let wall = started.elapsed();
     stop_profile(perf);
@@ -808,10 +809,11 @@ async fn check_cycle(
         let url = format!("http://{}/metrics", fleet.metrics);
         let client = reqwest::Client::new();
         let mut times = Vec::new();
-        let mut bytes = 0;
+        let mut body = bytes::Bytes::new();
+        let perf = profile(agent.pid(), ".scrape");
         for _ in 0..opts.scrapes {
             let t = Instant::now();
-            let body = client
+            body = client
                 .get(&url)
                 .send()
                 .await
@@ -820,8 +822,17 @@ async fn check_cycle(
                 .await
                 .unwrap();
             times.push(t.elapsed());
-            bytes = body.len();
         }
+        stop_profile(perf);
+        let (rss_after, hwm_after) = agent.memory();
+        let bytes = body.len();
+        let text = String::from_utf8_lossy(&body);
+        let x509_bytes: usize = text
+            .lines()
+            .filter(|l| l.starts_with("x509_"))
+            .map(|l| l.len() + 1)
+            .sum();
+        let samples = text.lines().filter(|l| !l.starts_with('#')).count();
         times.sort();
         rows.push(row(
             format!("/metrics scrape, {n} certs"),
@@ -832,10 +843,13 @@ async fn check_cycle(
             ),
             if n >= 10_000 { "< 100 ms" } else { "(none)" },
             format!(
-                "{} sequential scrapes, {:.1} MiB each, max {:.1} ms",
+                "{} sequential scrapes, {:.1} MiB and {samples} samples each ({:.0}% of the bytes in the x509_* series), max {:.1} ms; agent VmRSS {} and VmHWM {} after the scrapes",
                 times.len(),
                 bytes as f64 / 1048576.0,
-                times.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+                x509_bytes as f64 * 100.0 / bytes.max(1) as f64,
+                times.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                mib(rss_after),
+                mib(hwm_after)
             ),
         ));
     }

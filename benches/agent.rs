@@ -822,6 +822,10 @@ async fn check_cycle(
                 .await
                 .unwrap();
             times.push(t.elapsed());
+            if times.len() % 10 == 0 {
+                let (rss, _) = agent.memory();
+                eprintln!("   after {} scrapes: agent VmRSS {}", times.len(), mib(rss));
+            }
         }
         stop_profile(perf);
         let (rss_after, hwm_after) = agent.memory();

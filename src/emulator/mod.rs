@@ -131,6 +131,8 @@ pub(crate) struct Inner {
     pub(crate) tokens: Mutex<HashMap<String, TokenRecord>>,
     pub(crate) faults: Mutex<Vec<FaultRule>>,
     pub(crate) log: Mutex<std::collections::VecDeque<RequestRecord>>,
+    /// Requests per operation since the start, not bounded by the log's capacity.
+    pub(crate) counts: Mutex<std::collections::BTreeMap<String, u64>>,
     pub(crate) seq: std::sync::atomic::AtomicU64,
     /// Serialises writes of the state file.
     pub(crate) save_lock: Mutex<()>,
@@ -153,6 +155,7 @@ impl Shared {
             tokens: Mutex::new(HashMap::new()),
             faults: Mutex::new(Vec::new()),
             log: Mutex::new(std::collections::VecDeque::new()),
+            counts: Mutex::new(std::collections::BTreeMap::new()),
             seq: std::sync::atomic::AtomicU64::new(0),
             save_lock: Mutex::new(()),
         }))
@@ -243,6 +246,14 @@ impl Shared {
             .count()
     }
 
+    /// Requests per operation (`scm.list_certificates`, ...; `""` for unknown paths) since the
+    /// emulator started. Unlike [`Shared::requests`] it is not bounded by
+    /// [`REQUEST_LOG_CAPACITY`] and [`Shared::clear_requests`] does not reset it: take the
+    /// difference of two readings.
+    pub fn request_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        lock(&self.0.counts).clone()
+    }
+
     pub fn clear_requests(&self) {
         lock(&self.0.log).clear();
     }
@@ -253,6 +264,9 @@ impl Shared {
             .seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
+        *lock(&self.0.counts)
+            .entry(rec.operation.clone())
+            .or_insert(0) += 1;
         let mut log = lock(&self.0.log);
         if log.len() >= REQUEST_LOG_CAPACITY {
             log.pop_front();

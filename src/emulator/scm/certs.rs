@@ -197,28 +197,33 @@ pub async fn list(State(shared): State<Shared>, RawQuery(raw): RawQuery) -> Resp
         Err(e) => return e.into_response(),
     };
     let now = shared.now();
-    let all = shared.with_state(|st| st.scm.certificates.clone());
     let day = 86_400i64;
-    let mut hits: Vec<ScmCertRecord> = all
-        .into_iter()
-        .filter(|c| q.status == "ALL" || c.status(now) == q.status)
-        .filter(|c| !q.deploy_support || !c.is_expired(now))
-        .filter(|c| {
-            q.expired_days_since
-                .is_none_or(|n| c.not_after + n * day >= now.unix_timestamp())
-        })
-        .filter(|c| {
-            q.enterprise_project_id
-                .as_deref()
-                .is_none_or(|e| c.enterprise_project_id == e)
-        })
-        .filter(|c| {
-            q.content.as_deref().is_none_or(|k| {
-                c.name.to_lowercase().contains(k)
-                    || c.all_domains().iter().any(|d| d.to_lowercase().contains(k))
+    // Filter under the lock and clone only the hits: cloning every certificate (PEMs and keys)
+    // for each call made a listing per name over N certificates cost O(N²) copies.
+    let mut hits: Vec<ScmCertRecord> = shared.with_state(|st| {
+        st.scm
+            .certificates
+            .iter()
+            .filter(|c| q.status == "ALL" || c.status(now) == q.status)
+            .filter(|c| !q.deploy_support || !c.is_expired(now))
+            .filter(|c| {
+                q.expired_days_since
+                    .is_none_or(|n| c.not_after + n * day >= now.unix_timestamp())
             })
-        })
-        .collect();
+            .filter(|c| {
+                q.enterprise_project_id
+                    .as_deref()
+                    .is_none_or(|e| c.enterprise_project_id == e)
+            })
+            .filter(|c| {
+                q.content.as_deref().is_none_or(|k| {
+                    c.name.to_lowercase().contains(k)
+                        || c.all_domains().iter().any(|d| d.to_lowercase().contains(k))
+                })
+            })
+            .cloned()
+            .collect()
+    });
     hits.sort_by(|a, b| {
         let ord = match q.sort_key.as_str() {
             "certExpiredTime" => a.not_after.cmp(&b.not_after),

@@ -427,6 +427,22 @@ pub(crate) fn insert(
     })
 }
 
+/// Store a certificate as `POST /v3/scm/certificates/import` would (parsed, key checked;
+/// validity not checked, as for seeding), without the HTTP round trip or the AK/SK signature:
+/// for fixtures and benchmarks that need thousands of certificates. Returns its id.
+pub fn import_certificate(
+    shared: &Shared,
+    name: &str,
+    certificate: &str,
+    chain: Option<&str>,
+    private_key: &str,
+) -> anyhow::Result<String> {
+    let parsed = parse_import(certificate, chain, private_key)
+        .map_err(|e| anyhow::anyhow!("certificate {name}: {} {}", e.code, e.msg))?;
+    insert(shared, parsed, name, "0", false)
+        .map_err(|e| anyhow::anyhow!("certificate {name}: {} {}", e.code, e.msg))
+}
+
 /// A demo "public" CA (self-signed EC P-256 root) and the PEM of its certificate and key.
 pub fn demo_ca(now: OffsetDateTime) -> anyhow::Result<(String, pki::PrivateKey)> {
     let key = pki::generate_key(pki::KeyAlgorithm::Ec256)?;

@@ -518,7 +518,7 @@ async fn scm_by_name_installs_the_newest_valid_reexports_a_newer_one_and_warns_w
 
     // The batched pass: one listing serves the following check.
     let lists = e.shared.count_requests("scm.list_certificates");
-    let cands = e.renewer.scm_candidates(&[&cert]).await.unwrap();
+    let cands = e.renewer.scm_candidates(&[&cert], 4).await.unwrap();
     assert!(
         cands
             .matching(&ccm_agent::config::ScmSelector::Name("app-cert".into()))
@@ -1668,4 +1668,77 @@ async fn one_revocation_listing_serves_a_pass_and_still_catches_a_revoked_certif
     let lists = e.shared.count_requests("pca.list_certificate");
     assert!(!e.renewer.pca_revocations(&refs[..1]).await.unwrap());
     assert_eq!(e.shared.count_requests("pca.list_certificate"), lists);
+}
+
+/// More SCM certificates than offset paging reaches (150): the pass lists per configured name,
+/// the listings run concurrently, and each check finds its own candidates in the pass.
+#[tokio::test]
+async fn a_large_scm_account_is_listed_per_name_and_serves_every_check() {
+    let e = env().await;
+    let now = e.shared.now();
+    let ca = ccm_agent::emulator::scm::demo_ca(now).unwrap();
+    let shared = e.shared.clone();
+    let ca2 = ca.clone();
+    tokio::task::spawn_blocking(move || {
+        for i in 0..160 {
+            let cn = format!("bulk{i}.example.com");
+            let (cert, key) = ccm_agent::emulator::scm::demo_leaf(
+                &ca2,
+                &cn,
+                &[],
+                now - time::Duration::days(1),
+                now + time::Duration::days(200),
+            )
+            .unwrap();
+            ccm_agent::emulator::scm::import_certificate(
+                &shared,
+                &format!("bulk-{i}"),
+                &cert,
+                Some(&ca2.0),
+                &key,
+            )
+            .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let certs: Vec<ManagedCertificate> = [3, 77, 150, 159]
+        .iter()
+        .map(|i| {
+            let text = format!(
+                "[[certificates]]\nname = \"s{i}\"\n[certificates.scm]\nname = \"bulk-{i}\"\n\
+                 [certificates.output]\ndir = \"{}/s{i}\"\n",
+                e.out.display()
+            );
+            parse_config(&text)
+        })
+        .collect();
+    let refs: Vec<&ManagedCertificate> = certs.iter().collect();
+    let lists = e.shared.count_requests("scm.list_certificates");
+    let pass = e.renewer.scm_candidates(&refs, 4).await.unwrap();
+    let listed = e.shared.count_requests("scm.list_certificates") - lists;
+    // Three pages of the whole account (offset 0, 50, 100), then one listing per name.
+    assert_eq!(listed, 3 + certs.len(), "{listed} listings");
+    for i in [3, 77, 150, 159] {
+        let hits = pass.matching(&ccm_agent::config::ScmSelector::Name(format!("bulk-{i}")));
+        assert_eq!(hits.len(), 1, "bulk-{i}");
+        let by_domain = pass.matching(&ccm_agent::config::ScmSelector::Domain(format!(
+            "BULK{i}.example.com"
+        )));
+        assert_eq!(by_domain.len(), 1, "domain of bulk-{i}, any case");
+        assert_eq!(by_domain[0].id, hits[0].id);
+    }
+    for c in &certs {
+        let r = e.renewer.check(c, CheckOptions::default()).await.unwrap();
+        assert!(
+            matches!(r.action, Action::Reexported { .. }),
+            "{:?}",
+            r.action
+        );
+    }
+    assert_eq!(
+        e.shared.count_requests("scm.list_certificates") - lists,
+        listed,
+        "the checks used the pass"
+    );
 }

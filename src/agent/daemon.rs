@@ -322,7 +322,10 @@ impl Agent {
             .filter(|c| matches!(c.source, CertificateSource::Scm(_)))
             .collect();
         if !scm.is_empty()
-            && let Err(e) = self.renewer.scm_candidates(&scm).await
+            && let Err(e) = self
+                .renewer
+                .scm_candidates(&scm, config.agent.concurrency)
+                .await
         {
             tracing::warn!(error = %e, "SCM listing for this pass failed; checking one by one");
         }

@@ -639,6 +639,9 @@ pub struct InstalledCert {
     pub serial_hex: String,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
+    /// The whole parsed certificate (names, subject, issuer), so callers need not read and
+    /// parse the file again.
+    pub info: Box<crate::pki::CertInfo>,
 }
 
 impl InstalledState {
@@ -685,11 +688,20 @@ mod tests {
 
     #[test]
     fn needs_install_compares_fingerprints() {
+        let key = crate::pki::generate_key(crate::pki::KeyAlgorithm::Ec256).expect("key");
+        let spec = crate::pki::CertificateSpec::new_leaf(
+            crate::pki::DistinguishedName::with_common_name("t"),
+            OffsetDateTime::UNIX_EPOCH,
+            OffsetDateTime::UNIX_EPOCH + time::Duration::days(1),
+            Vec::new(),
+        );
+        let pem = crate::pki::self_signed(&spec, &key).expect("certificate");
         let c = InstalledState::Present(InstalledCert {
             fingerprint_sha256: "abcd".into(),
             serial_hex: "01".into(),
             not_before: OffsetDateTime::UNIX_EPOCH,
             not_after: OffsetDateTime::UNIX_EPOCH,
+            info: Box::new(crate::pki::parse_cert(&pem).expect("parses")),
         });
         assert!(!c.needs_install(Some("AB:CD")));
         assert!(c.needs_install(Some("abce")));

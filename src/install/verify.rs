@@ -403,6 +403,7 @@ pub fn read_installed(paths: &OutputPaths) -> InstalledState {
             serial_hex: cert.serial_hex.clone(),
             not_before: cert.not_before,
             not_after: cert.not_after,
+            info: Box::new(cert),
         })
     };
     match check() {

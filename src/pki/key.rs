@@ -125,6 +125,16 @@ impl PrivateKey {
             let curve = info.algorithm.parameters_oid().map_err(|e| {
                 PkiError::KeyParse(format!("PKCS#8 EC key has no named curve: {e}"))
             })?;
+            let alg = if curve == p256::NistP256::OID {
+                Some(KeyAlgorithm::Ec256)
+            } else if curve == p384::NistP384::OID {
+                Some(KeyAlgorithm::Ec384)
+            } else {
+                None
+            };
+            if let Some(key) = alg.and_then(|alg| Self::from_ec_pkcs8_ring(der, alg)) {
+                return Ok(key);
+            }
             if curve == p256::NistP256::OID {
                 let k = p256::SecretKey::from_pkcs8_der(der)
                     .map_err(|e| PkiError::KeyParse(format!("PKCS#8 P-256 key: {e}")))?;
@@ -143,6 +153,43 @@ impl PrivateKey {
                 "private key algorithm {oid} (only RSA and EC)"
             )))
         }
+    }
+
+    /// The fast path for an EC key in PKCS#8 with its public key embedded (what this crate
+    /// writes, and what OpenSSL writes): ring derives the public key from the private scalar
+    /// and refuses the document unless the embedded one is the same, so the pair is checked
+    /// as thoroughly as the slow path checks it, and the document is kept as it is (already in
+    /// the normalised form). `None` when ring does not take it (no embedded public key, a
+    /// PKCS#8 v2 document, ...): the caller goes the slow way.
+    pub(crate) fn from_ec_pkcs8_ring(der: &[u8], algorithm: KeyAlgorithm) -> Option<Self> {
+        use ring::signature::{self, EcdsaKeyPair, KeyPair as _};
+        let rng = ring::rand::SystemRandom::new();
+        let spki = match algorithm {
+            KeyAlgorithm::Ec256 => {
+                let pair =
+                    EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, der, &rng)
+                        .ok()?;
+                p256::PublicKey::from_sec1_bytes(pair.public_key().as_ref())
+                    .ok()?
+                    .to_public_key_der()
+                    .ok()?
+            }
+            KeyAlgorithm::Ec384 => {
+                let pair =
+                    EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, der, &rng)
+                        .ok()?;
+                p384::PublicKey::from_sec1_bytes(pair.public_key().as_ref())
+                    .ok()?
+                    .to_public_key_der()
+                    .ok()?
+            }
+            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa4096 => return None,
+        };
+        Some(PrivateKey {
+            algorithm,
+            pkcs8: der.to_vec(),
+            spki: spki.as_bytes().to_vec(),
+        })
     }
 
     fn from_rsa(key: &rsa::RsaPrivateKey) -> Result<Self, PkiError> {

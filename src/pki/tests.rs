@@ -839,3 +839,34 @@ fn time_rsa4096_generation() {
         eprintln!("RSA4096 in {:?}", t.elapsed());
     }
 }
+
+/// The fast EC path (ring) and the slow one (pure-Rust curves) agree, and a PKCS#8 document
+/// whose embedded public key is not its private key's never yields that foreign public key.
+#[test]
+fn ec_keys_take_the_fast_path_without_trusting_the_embedded_public_key() {
+    for alg in [KeyAlgorithm::Ec256, KeyAlgorithm::Ec384] {
+        let (a, b) = (&keys(alg)[0], &keys(alg)[1]);
+        let point_len = if alg == KeyAlgorithm::Ec256 { 65 } else { 97 };
+        let fast = PrivateKey::from_pkcs8_der(a.to_pkcs8_der()).unwrap();
+        assert_eq!(fast.public_key_der(), a.public_key_der());
+        assert_eq!(fast.to_pkcs8_der(), a.to_pkcs8_der());
+        assert!(PrivateKey::from_ec_pkcs8_ring(a.to_pkcs8_der(), alg).is_some());
+
+        // A's scalar with B's public point in the document.
+        let mut forged = a.to_pkcs8_der().to_vec();
+        let (n, m) = (forged.len(), b.public_key_der().len());
+        assert_eq!(
+            forged[n - point_len..],
+            a.public_key_der()[a.public_key_der().len() - point_len..]
+        );
+        forged[n - point_len..].copy_from_slice(&b.public_key_der()[m - point_len..]);
+        assert!(PrivateKey::from_ec_pkcs8_ring(&forged, alg).is_none());
+        if let Ok(k) = PrivateKey::from_pkcs8_der(&forged) {
+            assert_eq!(
+                k.public_key_der(),
+                a.public_key_der(),
+                "derived, not embedded"
+            );
+        }
+    }
+}

@@ -538,20 +538,24 @@ impl Renewer {
     /// What is on disk now, for the report.
     fn summary(&self, cert: &ManagedCertificate) -> Option<CertSummary> {
         let paths = self.output_paths(cert).ok()?;
-        if !matches!(install::read_installed(&paths), InstalledState::Present(_)) {
-            return None;
+        match install::read_installed(&paths) {
+            InstalledState::Present(c) => Some(summary_of(&c, paths.cert)),
+            _ => None,
         }
-        let text = std::fs::read_to_string(&paths.cert).ok()?;
-        let info = pki::parse_cert(&text).ok()?;
-        Some(CertSummary {
-            fingerprint_sha256: info.sha256_fingerprint_hex,
-            serial: info.serial_hex,
-            subject_cn: info.subject.common_name,
-            issuer_cn: info.issuer.common_name,
-            not_before: info.not_before,
-            not_after: info.not_after,
-            cert_path: paths.cert,
-        })
+    }
+}
+
+/// The report's view of an installed certificate.
+fn summary_of(installed: &install::InstalledCert, cert_path: PathBuf) -> CertSummary {
+    let info = &installed.info;
+    CertSummary {
+        fingerprint_sha256: info.sha256_fingerprint_hex.clone(),
+        serial: info.serial_hex.clone(),
+        subject_cn: info.subject.common_name.clone(),
+        issuer_cn: info.issuer.common_name.clone(),
+        not_before: info.not_before,
+        not_after: info.not_after,
+        cert_path,
     }
 }
 

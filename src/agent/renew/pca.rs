@@ -42,7 +42,8 @@ const STEP_APPLY: &str = "issue (POST /v1/private-certificates)";
 
 /// What a PCA certificate needs.
 enum Need {
-    Nothing,
+    /// Nothing to do; what is installed (read once by the decision).
+    Nothing(Box<super::CertSummary>),
     Issue(String),
     Reinstall(String),
 }
@@ -198,8 +199,8 @@ impl Renewer {
         }
 
         match self.pca_need(cert, src, &record, opts, &mut report).await? {
-            Need::Nothing => {
-                report.installed = self.summary(cert);
+            Need::Nothing(installed) => {
+                report.installed = Some(*installed);
                 Ok(report)
             }
             Need::Issue(reason) => {
@@ -283,19 +284,15 @@ impl Renewer {
                 mode_str(src.mode)
             )));
         }
-        if let Ok(text) = std::fs::read_to_string(&paths.cert)
-            && let Ok(info) = pki::parse_cert(&text)
-        {
-            let missing: Vec<String> = required_names(src)
-                .into_iter()
-                .filter(|n| !install::names_covered(&info, n))
-                .collect();
-            if !missing.is_empty() {
-                return Ok(Need::Issue(format!(
-                    "the installed certificate does not cover {}",
-                    missing.join(", ")
-                )));
-            }
+        let missing: Vec<String> = required_names(src)
+            .into_iter()
+            .filter(|n| !install::names_covered(&installed.info, n))
+            .collect();
+        if !missing.is_empty() {
+            return Ok(Need::Issue(format!(
+                "the installed certificate does not cover {}",
+                missing.join(", ")
+            )));
         }
         if let Some(id) = &record.cloud_id {
             let revoked = match self.revoked_in_pass(&cert.name, id) {
@@ -328,7 +325,10 @@ impl Renewer {
             ))),
             Decision::Wait { until } => {
                 report.next_renewal = Some(until);
-                Ok(Need::Nothing)
+                Ok(Need::Nothing(Box::new(super::summary_of(
+                    &installed,
+                    paths.cert.clone(),
+                ))))
             }
         }
     }

@@ -12,7 +12,7 @@
 //! configured selector. Certificates configured by id are read individually when the pass does
 //! not hold them (expired longer ago than the window).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use time::OffsetDateTime;
@@ -37,13 +37,50 @@ pub struct ScmCandidates {
     pub taken_at: OffsetDateTime,
     /// Every certificate listed, without repeats.
     pub certificates: Vec<CertificateSummary>,
+    /// Positions in `certificates` by id, by name, and by domain or SAN (lower case), so a
+    /// check finds its candidates without scanning the whole listing.
+    by_id: HashMap<String, usize>,
+    by_name: HashMap<String, Vec<usize>>,
+    by_domain: HashMap<String, Vec<usize>>,
 }
 
 impl ScmCandidates {
-    /// The certificates `sel` matches (any validity).
+    pub fn new(taken_at: OffsetDateTime, certificates: Vec<CertificateSummary>) -> Self {
+        let mut by_id = HashMap::new();
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_domain: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, c) in certificates.iter().enumerate() {
+            by_id.insert(c.id.clone(), i);
+            by_name.entry(c.name.clone()).or_default().push(i);
+            let mut domains: Vec<String> = c.sans_list();
+            domains.extend(c.domain.clone());
+            let domains: HashSet<String> = domains.iter().map(|d| d.to_ascii_lowercase()).collect();
+            for d in domains {
+                by_domain.entry(d).or_default().push(i);
+            }
+        }
+        ScmCandidates {
+            taken_at,
+            certificates,
+            by_id,
+            by_name,
+            by_domain,
+        }
+    }
+
+    /// The certificates `sel` matches (any validity), in listing order.
     pub fn matching(&self, sel: &ScmSelector) -> Vec<&CertificateSummary> {
-        self.certificates
-            .iter()
+        let hits: Vec<usize> = match sel {
+            ScmSelector::Id(id) => self.by_id.get(id).copied().into_iter().collect(),
+            ScmSelector::Name(n) => self.by_name.get(n).cloned().unwrap_or_default(),
+            ScmSelector::Domain(d) => self
+                .by_domain
+                .get(&d.to_ascii_lowercase())
+                .cloned()
+                .unwrap_or_default(),
+        };
+        hits.into_iter()
+            .map(|i| &self.certificates[i])
             .filter(|c| matches(sel, c))
             .collect()
     }
@@ -108,10 +145,13 @@ enum Need {
 impl Renewer {
     /// One listing pass for many SCM certificates (see the module doc); the following
     /// [`check`](Self::check) of each of them uses it instead of listing again. Certificates
-    /// with another source are ignored.
+    /// with another source are ignored. When the account holds more certificates than offset
+    /// paging reaches, the narrowed listings (one per configured name or domain) run up to
+    /// `concurrency` at a time.
     pub async fn scm_candidates(
         &self,
         certs: &[&ManagedCertificate],
+        concurrency: usize,
     ) -> Result<Arc<ScmCandidates>, RenewError> {
         let selected: Vec<(&str, &ScmSelector)> = certs
             .iter()
@@ -128,46 +168,71 @@ impl Renewer {
             Ok(all) => all,
             Err(CloudError::Invalid(msg)) => {
                 tracing::info!(%msg, "too many SCM certificates for one pass; listing per name or domain");
-                let mut all: Vec<CertificateSummary> = Vec::new();
-                let mut done = HashSet::new();
+                let mut keywords: Vec<String> = Vec::new();
+                let mut seen = HashSet::new();
                 for (_, sel) in &selected {
                     let kw = match sel {
                         ScmSelector::Name(n) => n,
                         ScmSelector::Domain(d) => d,
                         ScmSelector::Id(_) => continue,
                     };
-                    if !done.insert(kw.clone()) {
-                        continue;
-                    }
-                    let part = self
-                        .client
-                        .scm_list_all_certificates(&list_query(Some(kw.clone())))
-                        .await
-                        .map_err(|e| {
-                            RenewError::cloud("(scm)", "list SCM certificates", None, e)
-                        })?;
-                    for c in part {
-                        if !all.iter().any(|x| x.id == c.id) {
-                            all.push(c);
-                        }
+                    if seen.insert(kw.clone()) {
+                        keywords.push(kw.clone());
                     }
                 }
-                all
+                self.scm_list_narrowed(keywords, concurrency).await?
             }
             Err(e) => {
                 return Err(RenewError::cloud("(scm)", "list SCM certificates", None, e));
             }
         };
-        let data = Arc::new(ScmCandidates {
-            taken_at: self.now(),
-            certificates,
-        });
+        let data = Arc::new(ScmCandidates::new(self.now(), certificates));
         let mut g = self.scm_snapshot.lock().unwrap_or_else(|p| p.into_inner());
         *g = Some(Snapshot {
             data: data.clone(),
             unused: selected.iter().map(|(n, _)| n.to_string()).collect(),
         });
         Ok(data)
+    }
+
+    /// One `content=<keyword>` listing per keyword, `concurrency` at a time, merged without
+    /// repeats in keyword order. The first failure fails the pass.
+    async fn scm_list_narrowed(
+        &self,
+        keywords: Vec<String>,
+        concurrency: usize,
+    ) -> Result<Vec<CertificateSummary>, RenewError> {
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, kw) in keywords.into_iter().enumerate() {
+            let client = self.client.clone();
+            let semaphore = semaphore.clone();
+            tasks.spawn(async move {
+                let _permit = semaphore.acquire_owned().await;
+                let part = client
+                    .scm_list_all_certificates(&list_query(Some(kw)))
+                    .await;
+                (i, part)
+            });
+        }
+        let mut parts: Vec<(usize, Vec<CertificateSummary>)> = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (i, part) = joined.map_err(|e| RenewError::State {
+                name: "(scm)".into(),
+                path: self.state.root().to_path_buf(),
+                detail: format!("an SCM listing task failed: {e}"),
+            })?;
+            let part =
+                part.map_err(|e| RenewError::cloud("(scm)", "list SCM certificates", None, e))?;
+            parts.push((i, part));
+        }
+        parts.sort_by_key(|(i, _)| *i);
+        let mut ids = HashSet::new();
+        Ok(parts
+            .into_iter()
+            .flat_map(|(_, part)| part)
+            .filter(|c| ids.insert(c.id.clone()))
+            .collect())
     }
 
     /// The pass for `name`, if one is fresh and `name` has not used it yet.

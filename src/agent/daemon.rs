@@ -836,10 +836,11 @@ pub async fn run(
             cb(&summary);
         }
     }
+    // Watching before ready: a file deleted right after READY=1 is noticed.
+    let (_watcher, mut watched) = watch_files(&config, opts.config_path.as_deref())?;
     // Ready: configuration loaded, metrics listener bound, first check finished.
     readiness.set_ready(true);
     notifier.ready();
-    let (_watcher, mut watched) = watch_files(&config, opts.config_path.as_deref())?;
     let mut hangup = match &opts.reload_config {
         Some(_) => Some(
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

@@ -550,14 +550,16 @@ async fn token_refreshes_are_counted() {
 }
 
 /// `promtool check metrics` (the Prometheus project's linter) accepts the exposition with every
-/// family populated.
+/// family populated, and with 200 more certificates whose subjects and paths hold quotes,
+/// backslashes and line feeds.
 #[tokio::test]
 async fn promtool_accepts_the_exposition() {
     let Ok(promtool) = which_promtool() else {
         eprintln!("SKIPPED: promtool not found (apt-get install prometheus provides it)");
         return;
     };
-    let m = Metrics::new();
+    let (clock, _t) = movable_clock(datetime!(2026-03-01 00:00 UTC));
+    let m = Metrics::with_clock(clock);
     let readiness = Readiness::new();
     let server = Server::start(m.clone(), readiness.clone()).await;
     m.set_certificate(
@@ -586,9 +588,39 @@ async fn promtool_accepts_the_exposition() {
         Duration::from_secs(30),
     );
     m.token_refreshed();
+    let leaf = CertificateFacts::from_cert(&leaf_cert(), None);
+    for i in 0..200 {
+        let name = format!("cert-{i:03} \"q\" \\ \n");
+        let mut facts = leaf.clone();
+        facts.serial_hex = format!("{:x}", 0x1000 + i);
+        facts.subject.common_name = Some(format!("app{i}.example.com \"\\\n"));
+        facts.subject.organizational_unit = (i % 2 == 0).then(|| "Ops\\Team\n2".to_owned());
+        facts.filepath = Some(format!("/etc/ssl/we\"ird\\dir\n/{i}/cert.pem").into());
+        m.set_certificate(&name, if i % 3 == 0 { "scm" } else { "pca" }, &facts);
+        m.record_check(&name, "ok");
+        m.record_check(&name, "api_error");
+        m.set_cert_ready(&name, i % 5 != 0);
+    }
     readiness.set_ready(true);
     let body = server.scrape_text().await;
     server.stop().await;
+    assert_eq!(
+        body,
+        m.encode().unwrap(),
+        "/metrics serves what encode() returns"
+    );
+    let s = text::parse(&body).unwrap();
+    assert_eq!(text::find(&s, "x509_cert_not_after", &[]).count(), 201);
+    let x = text::find(
+        &s,
+        "x509_cert_expires_in_seconds",
+        &[("filepath", "/etc/ssl/we\"ird\\dir\n/7/cert.pem")],
+    )
+    .next()
+    .unwrap();
+    assert_eq!(x.labels["subject_CN"], "app7.example.com \"\\\n");
+    assert_eq!(x.labels["filename"], "cert.pem");
+    assert_eq!(x.value, 31.0 * 86400.0);
     if std::env::var_os("DUMP_METRICS").is_some() {
         println!("{body}");
     }

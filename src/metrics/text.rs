@@ -1,5 +1,5 @@
 //! A reader for the Prometheus text format 0.0.4 (samples only, comments skipped): how tests and
-//! tools check what `/metrics` says.
+//! tools check what `/metrics` says; and the label value escaping `/metrics` writes with.
 
 use std::collections::BTreeMap;
 
@@ -42,6 +42,22 @@ pub fn find<'a>(
                 .iter()
                 .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
     })
+}
+
+/// Append `value` to `out` escaped as a label value of the text format: backslash, double quote
+/// and line feed become `\\`, `\"` and `\n`; everything else is kept.
+pub fn escape_label_value(out: &mut String, value: &str) {
+    let mut rest = value;
+    while let Some(i) = rest.find(['\\', '"', '\n']) {
+        out.push_str(&rest[..i]);
+        out.push_str(match rest.as_bytes()[i] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        });
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
 }
 
 fn parse_line(line: &str) -> Option<Sample> {
@@ -115,5 +131,26 @@ mod tests {
         assert_eq!(value(&s, "y", &[]), Some(3.0));
         assert_eq!(value(&s, "z_bucket", &[("le", "+Inf")]), Some(4.0));
         assert!(parse("x{a=1} 2").is_err());
+    }
+
+    #[test]
+    fn escaped_label_values_read_back() {
+        for v in [
+            "",
+            "plain",
+            "a\"b",
+            "back\\slash",
+            "two\nlines\n",
+            "\\\"\n",
+            "日本\"語",
+        ] {
+            let mut line = "x{v=\"".to_owned();
+            escape_label_value(&mut line, v);
+            line.push_str("\"} 1");
+            assert_eq!(parse(&line).unwrap()[0].labels["v"], v, "{line}");
+        }
+        let mut out = String::new();
+        escape_label_value(&mut out, "a\\b\"c\nd");
+        assert_eq!(out, r#"a\\b\"c\nd"#);
     }
 }

@@ -592,6 +592,23 @@ fn cli_check_online_renew_dry_run_and_status() {
         table.contains("NAME") && table.contains("DAYS LEFT") && table.contains("web"),
         "{table}"
     );
+
+    // Every certificate: checked concurrently after one revocation listing, reported in
+    // configuration order; web (installed, not due) needs no request of its own.
+    let lists = emu.shared().count_requests("pca.list_certificate");
+    let shows = emu.shared().count_requests("pca.show_certificate");
+    let (code, out, err) = cli(&["renew"], good);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (w, a) = (out.find("web: "), out.find("api: "));
+    assert!(w.is_some() && a.is_some() && w < a, "{out}");
+    assert!(out.contains("web: up to date"), "{out}");
+    assert_eq!(
+        emu.shared().count_requests("pca.list_certificate"),
+        lists + 1,
+        "one revocation listing for the run"
+    );
+    assert_eq!(emu.shared().count_requests("pca.show_certificate"), shows);
+    assert!(out.contains("api: Renewed"), "{out}");
 }
 
 /// The daemon's pass pushes a renewed PCA certificate to its cloud targets (imported into SCM

@@ -313,33 +313,12 @@ impl Agent {
             ..CycleSummary::default()
         };
         let now = Instant::now();
-        // SCM: one paginated listing for every SCM certificate of the pass; each check then
-        // reads it instead of listing on its own. A failed listing is not fatal: each check
-        // lists for itself and reports its own error.
-        let scm: Vec<&ManagedCertificate> = config
+        let due: Vec<&ManagedCertificate> = config
             .certificates
             .iter()
-            .filter(|c| matches!(c.source, CertificateSource::Scm(_)))
-            .collect();
-        if !scm.is_empty()
-            && let Err(e) = self
-                .renewer
-                .scm_candidates(&scm, config.agent.concurrency)
-                .await
-        {
-            tracing::warn!(error = %e, "SCM listing for this pass failed; checking one by one");
-        }
-        // PCA: one listing of the revoked certificates instead of one lookup per certificate
-        // (skipped when it would not save requests; a failure means each check looks up its own).
-        let pca: Vec<&ManagedCertificate> = config
-            .certificates
-            .iter()
-            .filter(|c| matches!(c.source, CertificateSource::Pca(_)))
             .filter(|c| opts.force || !self.in_backoff(&c.name, now))
             .collect();
-        if let Err(e) = self.renewer.pca_revocations(&pca).await {
-            tracing::warn!(error = %e, "PCA revocation listing for this pass failed; checking one by one");
-        }
+        self.prefetch(&due).await;
         let mut tasks = tokio::task::JoinSet::new();
         for cert in &config.certificates {
             if !opts.force && self.in_backoff(&cert.name, now) {
@@ -383,6 +362,31 @@ impl Agent {
         }
         self.save_status();
         summary
+    }
+
+    /// The pass-wide listings that stand in for per-certificate calls in the checks that follow:
+    /// one SCM listing for every SCM certificate (per configured name, `concurrency` at a time,
+    /// when the account is larger than offset paging reaches), and one listing of the revoked
+    /// PCA certificates (skipped when it would not save requests). A failure is not fatal: each
+    /// check then calls for itself and reports its own error.
+    pub async fn prefetch(&self, certs: &[&ManagedCertificate]) {
+        let config = self.config();
+        let scm: Vec<&ManagedCertificate> = certs
+            .iter()
+            .copied()
+            .filter(|c| matches!(c.source, CertificateSource::Scm(_)))
+            .collect();
+        if !scm.is_empty()
+            && let Err(e) = self
+                .renewer
+                .scm_candidates(&scm, config.agent.concurrency)
+                .await
+        {
+            tracing::warn!(error = %e, "SCM listing for this pass failed; checking one by one");
+        }
+        if let Err(e) = self.renewer.pca_revocations(certs).await {
+            tracing::warn!(error = %e, "PCA revocation listing for this pass failed; checking one by one");
+        }
     }
 
     /// One certificate: renew or re-install if needed, then, when the files changed, reload

@@ -147,6 +147,9 @@ pub struct Agent {
     readiness: Readiness,
     clock: Clock,
     status: Mutex<HashMap<String, CertStatus>>,
+    /// Held while the status file is written: checks that run concurrently each save it, and
+    /// the file is written through one fixed temp name.
+    status_write: Mutex<()>,
     /// Per certificate: failures in a row and when the next attempt may run (wall time).
     backoff: Mutex<HashMap<String, (u32, Instant)>>,
     client: Client,
@@ -248,6 +251,7 @@ impl Agent {
             readiness,
             clock,
             status: Mutex::new(status),
+            status_write: Mutex::new(()),
             backoff: Mutex::new(HashMap::new()),
             client,
             reload_metrics,
@@ -643,6 +647,7 @@ impl Agent {
     }
 
     fn save_status(&self) {
+        let _writing = self.status_write.lock().unwrap_or_else(|p| p.into_inner());
         let mut certificates: Vec<CertStatus> = self
             .status
             .lock()

@@ -919,7 +919,7 @@ async fn nginx(rounds: usize) -> Vec<Row> {
     use ccm_agent::config::Config;
     use ccm_agent::metrics::{Metrics, Readiness};
     use ccm_agent::reload::probe::VerifyEndpoint;
-    use reload_common::{Running, find_binary, free_port, run, wait_served};
+    use reload_common::{find_binary, free_port, wait_served, write_placeholder};
 
     let Some(nginx) = find_binary(&["nginx"]) else {
         eprintln!("== nginx: skipped, nginx is not installed");
@@ -945,66 +945,16 @@ async fn nginx(rounds: usize) -> Vec<Row> {
     std::fs::create_dir_all(&live).unwrap();
     let port = free_port();
     // nginx needs files to start with: a throwaway pair the agent replaces.
-    let key = pki::generate_key(pki::KeyAlgorithm::Ec256).unwrap();
-    let now = OffsetDateTime::now_utc();
-    let spec = pki::CertificateSpec::new_leaf(
-        pki::DistinguishedName::with_common_name("placeholder"),
-        now - time::Duration::hours(1),
-        now + time::Duration::days(1),
-        vec![pki::SubjectAltName::Dns("web.bench.internal".into())],
+    write_placeholder(&live, "web.bench.internal");
+    let conf = reload_common::nginx::write_config(
+        d,
+        port,
+        "web.bench.internal",
+        &live.join("fullchain.pem"),
+        &live.join("privkey.pem"),
     );
-    std::fs::write(
-        live.join("fullchain.pem"),
-        pki::self_signed(&spec, &key).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(live.join("privkey.pem"), key.to_pem()).unwrap();
-    let conf = d.join("nginx.conf");
-    let pid = d.join("nginx.pid");
-    let t = d.join("temp");
-    std::fs::create_dir_all(&t).unwrap();
-    std::fs::write(
-        &conf,
-        format!(
-            r#"pid {pid};
-error_log {d}/error.log notice;
-worker_processes 1;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {t}/body;
-    proxy_temp_path {t}/proxy;
-    fastcgi_temp_path {t}/fastcgi;
-    uwsgi_temp_path {t}/uwsgi;
-    scgi_temp_path {t}/scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        server_name web.bench.internal;
-        ssl_certificate {live}/fullchain.pem;
-        ssl_certificate_key {live}/privkey.pem;
-        location / {{ return 200 "ok\n"; }}
-    }}
-}}
-"#,
-            pid = pid.display(),
-            d = d.display(),
-            t = t.display(),
-            live = live.display(),
-        ),
-    )
-    .unwrap();
-    let nginx_s = nginx.to_str().unwrap();
-    run(&[
-        nginx_s,
-        "-p",
-        d.to_str().unwrap(),
-        "-c",
-        conf.to_str().unwrap(),
-    ]);
-    let _running = Running {
-        pid_file: pid.clone(),
-        error_log: d.join("error.log"),
-    };
+    let pid = reload_common::nginx::pid_file(d);
+    let _running = reload_common::nginx::start(&nginx, d, &conf);
     let endpoint = VerifyEndpoint {
         address: "127.0.0.1".into(),
         port,

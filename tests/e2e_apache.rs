@@ -30,7 +30,7 @@ use ccm_agent::metrics::{Metrics, Readiness};
 use ccm_agent::reload::{ReloadError, Stage, VerifyEndpoint};
 use prom_text::{sample, sum_where};
 use reload_common::apache::{self, write_key_conf};
-use reload_common::{free_port, served, wait_served};
+use reload_common::{free_port, served, wait_served, write_placeholder};
 
 const SNI: &str = "web.e2e.internal";
 
@@ -129,18 +129,7 @@ async fn the_agent_renews_reloads_apache_and_rolls_back_broken_configs() {
     let port = free_port();
 
     // Apache needs files to start with: a throwaway self-signed pair the agent then replaces.
-    let key = ccm_agent::pki::generate_key(ccm_agent::pki::KeyAlgorithm::Ec256).unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    let spec = ccm_agent::pki::CertificateSpec::new_leaf(
-        ccm_agent::pki::DistinguishedName::with_common_name("placeholder"),
-        now - time::Duration::hours(1),
-        now + time::Duration::days(1),
-        vec![ccm_agent::pki::SubjectAltName::Dns(SNI.into())],
-    );
-    let placeholder = ccm_agent::pki::self_signed(&spec, &key).unwrap();
-    std::fs::write(live.join("fullchain.pem"), &placeholder).unwrap();
-    std::fs::write(live.join("privkey.pem"), key.to_pem()).unwrap();
-
+    let placeholder_fp = write_placeholder(&live, SNI);
     let conf = installed.write_config(
         d,
         port,
@@ -154,9 +143,6 @@ async fn the_agent_renews_reloads_apache_and_rolls_back_broken_configs() {
         port,
         sni: Some(SNI.into()),
     };
-    let placeholder_fp = ccm_agent::pki::parse_cert(&placeholder)
-        .unwrap()
-        .sha256_fingerprint_hex;
     wait_served(&endpoint, &placeholder_fp, WAIT).await;
 
     // The reload is `apache2 -f CONF -t`, then `apache2 -f CONF -k graceful` (no pid_file): only

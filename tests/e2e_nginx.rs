@@ -20,7 +20,7 @@ use ccm_agent::config::Config;
 use ccm_agent::emulator::{Emulator, EmulatorConfig};
 use ccm_agent::metrics::{Metrics, Readiness};
 use ccm_agent::reload::probe::VerifyEndpoint;
-use reload_common::{Running, find_binary, free_port, run, served, wait_served};
+use reload_common::{free_port, served, wait_served, write_placeholder};
 
 fn fingerprint(path: &std::path::Path) -> String {
     let pem = std::fs::read_to_string(path).unwrap();
@@ -31,8 +31,7 @@ fn fingerprint(path: &std::path::Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_renews_reloads_nginx_and_rolls_back_a_broken_config() {
-    let Some(nginx) = find_binary(&["nginx"]) else {
-        eprintln!("skipped: nginx is not installed (apt-get install nginx)");
+    let Some(nginx) = reload_common::nginx::find() else {
         return;
     };
     ccm_agent::cloud::install_crypto_provider();
@@ -52,76 +51,21 @@ async fn the_agent_renews_reloads_nginx_and_rolls_back_a_broken_config() {
     let port = free_port();
 
     // nginx needs files to start with: a throwaway self-signed pair the agent then replaces.
-    let key = ccm_agent::pki::generate_key(ccm_agent::pki::KeyAlgorithm::Ec256).unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    let spec = ccm_agent::pki::CertificateSpec::new_leaf(
-        ccm_agent::pki::DistinguishedName::with_common_name("placeholder"),
-        now - time::Duration::hours(1),
-        now + time::Duration::days(1),
-        vec![ccm_agent::pki::SubjectAltName::Dns(
-            "web.e2e.internal".into(),
-        )],
+    let placeholder_fp = write_placeholder(&live, "web.e2e.internal");
+    let conf = reload_common::nginx::write_config(
+        d,
+        port,
+        "web.e2e.internal",
+        &live.join("fullchain.pem"),
+        &live.join("privkey.pem"),
     );
-    let placeholder = ccm_agent::pki::self_signed(&spec, &key).unwrap();
-    std::fs::write(live.join("fullchain.pem"), &placeholder).unwrap();
-    std::fs::write(live.join("privkey.pem"), key.to_pem()).unwrap();
-
-    let conf = d.join("nginx.conf");
-    let pid = d.join("nginx.pid");
-    let t = d.join("temp");
-    std::fs::create_dir_all(&t).unwrap();
-    std::fs::write(d.join("extra.conf"), "# included\n").unwrap();
-    std::fs::write(
-        &conf,
-        format!(
-            r#"pid {pid};
-error_log {d}/error.log notice;
-worker_processes 1;
-events {{ worker_connections 64; }}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {t}/body;
-    proxy_temp_path {t}/proxy;
-    fastcgi_temp_path {t}/fastcgi;
-    uwsgi_temp_path {t}/uwsgi;
-    scgi_temp_path {t}/scgi;
-    include {d}/extra.conf;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        server_name web.e2e.internal;
-        ssl_certificate {live}/fullchain.pem;
-        ssl_certificate_key {live}/privkey.pem;
-        location / {{ return 200 "ok\n"; }}
-    }}
-}}
-"#,
-            pid = pid.display(),
-            d = d.display(),
-            t = t.display(),
-            live = live.display(),
-        ),
-    )
-    .unwrap();
-    let nginx_s = nginx.to_str().unwrap();
-    run(&[
-        nginx_s,
-        "-p",
-        d.to_str().unwrap(),
-        "-c",
-        conf.to_str().unwrap(),
-    ]);
-    let _running = Running {
-        pid_file: pid.clone(),
-        error_log: d.join("error.log"),
-    };
+    let pid = reload_common::nginx::pid_file(d);
+    let _running = reload_common::nginx::start(&nginx, d, &conf);
     let endpoint = VerifyEndpoint {
         address: "127.0.0.1".into(),
         port,
         sni: Some("web.e2e.internal".into()),
     };
-    let placeholder_fp = ccm_agent::pki::parse_cert(&placeholder)
-        .unwrap()
-        .sha256_fingerprint_hex;
     wait_served(&endpoint, &placeholder_fp, Duration::from_secs(10)).await;
 
     let aksk = emu.aksk();

@@ -33,61 +33,16 @@ struct Nginx {
 /// Writes the configuration (certificate from the agent's files; the key from `key`), and
 /// starts nginx as a daemon.
 fn start(site: &Site, key: &Path) -> Option<Nginx> {
-    let Some(binary) = find_binary(&["nginx"]) else {
-        eprintln!("skipped: nginx is not installed (apt-get install nginx)");
-        return None;
-    };
+    let binary = nginx::find()?;
     let dir = site.dir();
     let port = free_port();
-    let conf = dir.join("nginx.conf");
-    let pid_file = dir.join("nginx.pid");
-    let t = dir.join("temp");
-    std::fs::create_dir_all(&t).unwrap();
-    std::fs::write(dir.join("extra.conf"), "# included\n").unwrap();
-    std::fs::write(
-        &conf,
-        format!(
-            r#"pid {pid};
-error_log {dir}/error.log notice;
-worker_processes 1;
-events {{ worker_connections 64; }}
-http {{
-    access_log {dir}/access.log;
-    client_body_temp_path {t}/body;
-    proxy_temp_path {t}/proxy;
-    fastcgi_temp_path {t}/fastcgi;
-    uwsgi_temp_path {t}/uwsgi;
-    scgi_temp_path {t}/scgi;
-    include {dir}/extra.conf;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        server_name {SNI};
-        ssl_certificate {fullchain};
-        ssl_certificate_key {key};
-        location / {{ return 200 "ok\n"; }}
-    }}
-}}
-"#,
-            pid = pid_file.display(),
-            dir = dir.display(),
-            t = t.display(),
-            fullchain = site.paths.fullchain.display(),
-            key = key.display(),
-        ),
-    )
-    .unwrap();
-    let b = binary.to_str().unwrap();
-    let (p, c) = (dir.to_str().unwrap(), conf.to_str().unwrap());
-    run(&[b, "-p", p, "-c", c]);
-    let running = Running {
-        pid_file: pid_file.clone(),
-        error_log: dir.join("error.log"),
-    };
+    let conf = nginx::write_config(dir, port, SNI, &site.paths.fullchain, key);
+    let running = nginx::start(&binary, dir, &conf);
     Some(Nginx {
         binary,
         prefix: dir.to_owned(),
         conf,
-        pid_file,
+        pid_file: nginx::pid_file(dir),
         port,
         _running: running,
     })

@@ -322,13 +322,10 @@ impl Agent {
             .iter()
             .filter(|c| opts.force || !self.in_backoff(&c.name, now))
             .collect();
+        summary.skipped_backoff = config.certificates.len() - due.len();
         self.prefetch(&due).await;
         let mut tasks = tokio::task::JoinSet::new();
-        for cert in &config.certificates {
-            if !opts.force && self.in_backoff(&cert.name, now) {
-                summary.skipped_backoff += 1;
-                continue;
-            }
+        for cert in due {
             let cert = cert.clone();
             let agent = self.clone();
             let semaphore = semaphore.clone();

@@ -1,6 +1,7 @@
 //! Shared by `reload_nginx.rs`, `reload_apache.rs` and the end-to-end tests: certificates, the
-//! agent's install into a temp directory, free loopback ports, finding the server binaries, an
-//! Apache setup ([`apache`]), and stopping a server when a test ends (even by panic).
+//! agent's install into a temp directory, free loopback ports, finding the server binaries, the
+//! Apache and nginx setups ([`apache`], [`nginx`]), a placeholder pair for a server to start
+//! with, and stopping a server when a test ends (even by panic).
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -19,6 +20,7 @@ use ccm_agent::reload::{ChangeContext, InstalledPaths, VerifyEndpoint, served_fi
 use time::OffsetDateTime;
 
 pub mod apache;
+pub mod nginx;
 
 pub const SNI: &str = "www.example.com";
 
@@ -244,4 +246,21 @@ impl Drop for Running {
             let _ = kill_process_group(pid, Signal::KILL);
         }
     }
+}
+
+/// A throwaway self-signed pair for `sni` as `live/fullchain.pem` and `live/privkey.pem`, for a
+/// server to start with before the agent installs the real one. Returns its fingerprint.
+pub fn write_placeholder(live: &Path, sni: &str) -> String {
+    let key = pki::generate_key(KeyAlgorithm::Ec256).unwrap();
+    let now = OffsetDateTime::now_utc();
+    let spec = CertificateSpec::new_leaf(
+        DistinguishedName::with_common_name("placeholder"),
+        now - time::Duration::hours(1),
+        now + time::Duration::days(1),
+        vec![SubjectAltName::Dns(sni.into())],
+    );
+    let pem = pki::self_signed(&spec, &key).unwrap();
+    std::fs::write(live.join("fullchain.pem"), &pem).unwrap();
+    std::fs::write(live.join("privkey.pem"), key.to_pem()).unwrap();
+    pki::parse_cert(&pem).unwrap().sha256_fingerprint_hex
 }

@@ -29,6 +29,13 @@ use tokio::net::TcpStream;
 pub const PROBE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between attempts while waiting for a server to serve the expected certificate.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// How many handshakes in a row must present the expected certificate before it counts as
+/// served. Right after a reload the old and the new workers both accept connections for a
+/// moment (nginx's old workers close their listeners only once they handle the master's
+/// shutdown signal), so one matching handshake can be followed by one served by an old worker.
+pub const PROBE_CONFIRMATIONS: u32 = 3;
+/// Pause between the confirming handshakes.
+pub const PROBE_CONFIRM_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Where to look: a TLS endpoint and the SNI name to ask for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,9 +169,11 @@ impl fmt::Display for Observation {
     }
 }
 
-/// Probes every endpoint until each serves `expected` or `within` has passed (old workers drain,
-/// a systemd reload is asynchronous). Returns one observation per endpoint; the caller checks
-/// [`Observation::matches`].
+/// Probes every endpoint until each serves `expected` on [`PROBE_CONFIRMATIONS`] handshakes in
+/// a row, or `within` has passed (old workers drain, a systemd reload is asynchronous). Returns
+/// one observation per endpoint, holding the last handshake's result; the caller checks
+/// [`Observation::matches`]. When time runs out during the confirmations, the last handshake
+/// decides.
 pub async fn wait_for_fingerprint(
     endpoints: &[VerifyEndpoint],
     expected: &str,
@@ -174,14 +183,24 @@ pub async fn wait_for_fingerprint(
     let mut out = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
         let mut attempts = 0;
+        let mut in_a_row = 0;
         loop {
             attempts += 1;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let last =
                 served_fingerprint(endpoint, left.clamp(PROBE_INTERVAL, PROBE_ATTEMPT_TIMEOUT))
                     .await;
-            let done = matches!(&last, Ok(fp) if fp.eq_ignore_ascii_case(expected));
-            if done || tokio::time::Instant::now() + PROBE_INTERVAL > deadline {
+            if matches!(&last, Ok(fp) if fp.eq_ignore_ascii_case(expected)) {
+                in_a_row += 1;
+            } else {
+                in_a_row = 0;
+            }
+            let pause = if in_a_row > 0 {
+                PROBE_CONFIRM_INTERVAL
+            } else {
+                PROBE_INTERVAL
+            };
+            if in_a_row >= PROBE_CONFIRMATIONS || tokio::time::Instant::now() + pause > deadline {
                 out.push(Observation {
                     endpoint: endpoint.clone(),
                     last,
@@ -189,7 +208,7 @@ pub async fn wait_for_fingerprint(
                 });
                 break;
             }
-            tokio::time::sleep(PROBE_INTERVAL).await;
+            tokio::time::sleep(pause).await;
         }
     }
     out

@@ -53,27 +53,49 @@ async fn file_server(dir: PathBuf) -> u16 {
             };
             let dir = dir.clone();
             tokio::spawn(async move {
-                let cert = std::fs::read(dir.join("cert.pem")).unwrap();
-                let key = std::fs::read(dir.join("privkey.pem")).unwrap();
-                let certs: Vec<_> = rustls_pemfile::certs(&mut cert.as_slice())
-                    .collect::<Result<_, _>>()
-                    .unwrap();
-                let key = rustls_pemfile::private_key(&mut key.as_slice())
-                    .unwrap()
-                    .unwrap();
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let config = rustls::ServerConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .unwrap()
-                    .with_no_client_auth()
-                    .with_single_cert(certs, key)
-                    .unwrap();
-                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-                let _ = acceptor.accept(tcp).await;
+                let cert = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+                let key = std::fs::read_to_string(dir.join("privkey.pem")).unwrap();
+                handshake(tcp, &cert, &key).await;
             });
         }
     });
     port
+}
+
+/// A TLS server on 127.0.0.1 that presents `script[i]` on its i-th connection, then the last
+/// entry for ever (old and new workers taking turns right after a reload).
+async fn scripted_server(script: Vec<(String, String)>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        for i in 0.. {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (cert, key) = script[i.min(script.len() - 1)].clone();
+            tokio::spawn(async move { handshake(tcp, &cert, &key).await });
+        }
+    });
+    port
+}
+
+/// Completes (or fails) one server-side TLS handshake presenting `cert` with `key`.
+async fn handshake(tcp: tokio::net::TcpStream, cert: &str, key: &str) {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut key.as_bytes())
+        .unwrap()
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let _ = acceptor.accept(tcp).await;
 }
 
 fn endpoint(port: u16) -> VerifyEndpoint {
@@ -153,6 +175,35 @@ async fn probe_reads_the_served_leaf() {
         .unwrap_err();
     assert!(matches!(e, ProbeError::Timeout { .. }), "{e}");
     drop(silent);
+}
+
+/// One matching handshake is not enough: right after a reload an old worker can still accept
+/// the next connection. The wait goes on until [`probe::PROBE_CONFIRMATIONS`] handshakes in a
+/// row present the new certificate.
+#[tokio::test]
+async fn the_served_check_waits_for_the_new_certificate_to_hold() {
+    let (old, new) = (pair("www.example.com"), pair("www.example.com"));
+    let o = (old.cert.clone(), old.key.clone());
+    let n = (new.cert.clone(), new.key.clone());
+    // new, old (a draining worker), then new for ever.
+    let port = scripted_server(vec![n.clone(), o, n.clone()]).await;
+    let obs =
+        probe::wait_for_fingerprint(&[endpoint(port)], &new.fp, Duration::from_secs(20)).await;
+    assert_eq!(obs.len(), 1);
+    assert!(obs[0].matches(&new.fp), "{}", obs[0]);
+    assert_eq!(
+        obs[0].attempts,
+        2 + probe::PROBE_CONFIRMATIONS,
+        "{}",
+        obs[0]
+    );
+
+    // Two matching handshakes, then the old certificate until the time runs out: not served.
+    let script = vec![n.clone(), n, (old.cert.clone(), old.key.clone())];
+    let port = scripted_server(script).await;
+    let obs = probe::wait_for_fingerprint(&[endpoint(port)], &new.fp, Duration::from_secs(1)).await;
+    assert!(!obs[0].matches(&new.fp), "{}", obs[0]);
+    assert!(obs[0].matches(&old.fp), "{}", obs[0]);
 }
 
 #[tokio::test]

@@ -834,6 +834,16 @@ pub async fn run(
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
+    // SIGHUP is taken from here on, before the startup check: one sent while that check runs
+    // (or right after READY=1) reloads the configuration once the loop starts, instead of
+    // killing the process with the signal's default action.
+    let mut hangup = match &opts.reload_config {
+        Some(_) => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("listening for SIGHUP")?,
+        ),
+        None => None,
+    };
     agent.resume().await;
     if config.agent.check_on_start {
         let summary = run_cycle(&agent, watchdog.as_mut(), &notifier, &opts.shutdown).await;
@@ -847,13 +857,6 @@ pub async fn run(
     // Ready: configuration loaded, metrics listener bound, first check finished.
     readiness.set_ready(true);
     notifier.ready();
-    let mut hangup = match &opts.reload_config {
-        Some(_) => Some(
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                .context("listening for SIGHUP")?,
-        ),
-        None => None,
-    };
 
     loop {
         // Besides the schedule, wake at the earliest certificate renewal time and when a

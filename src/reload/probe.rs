@@ -29,13 +29,15 @@ use tokio::net::TcpStream;
 pub const PROBE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between attempts while waiting for a server to serve the expected certificate.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
-/// How many handshakes in a row must present the expected certificate before it counts as
-/// served. Right after a reload the old and the new workers both accept connections for a
-/// moment (nginx's old workers close their listeners only once they handle the master's
-/// shutdown signal), so one matching handshake can be followed by one served by an old worker.
+/// Even the last attempt before the deadline gets this long, so that a slow handshake at the end
+/// reports what was served rather than a time-out.
+pub const PROBE_ATTEMPT_MIN: Duration = Duration::from_secs(1);
+/// How many handshakes in a row, [`PROBE_INTERVAL`] apart, must present the expected certificate
+/// before it counts as served (so it must hold for at least half a second). Right after a reload
+/// the old and the new workers both accept connections for a while: nginx's master starts the
+/// new workers, sleeps 100 ms, and only then tells the old ones to close their listeners. One
+/// matching handshake can be followed by one an old worker answers with the old certificate.
 pub const PROBE_CONFIRMATIONS: u32 = 3;
-/// Pause between the confirming handshakes.
-pub const PROBE_CONFIRM_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Where to look: a TLS endpoint and the SNI name to ask for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,20 +189,19 @@ pub async fn wait_for_fingerprint(
         loop {
             attempts += 1;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let last =
-                served_fingerprint(endpoint, left.clamp(PROBE_INTERVAL, PROBE_ATTEMPT_TIMEOUT))
-                    .await;
+            let last = served_fingerprint(
+                endpoint,
+                left.clamp(PROBE_ATTEMPT_MIN, PROBE_ATTEMPT_TIMEOUT),
+            )
+            .await;
             if matches!(&last, Ok(fp) if fp.eq_ignore_ascii_case(expected)) {
                 in_a_row += 1;
             } else {
                 in_a_row = 0;
             }
-            let pause = if in_a_row > 0 {
-                PROBE_CONFIRM_INTERVAL
-            } else {
-                PROBE_INTERVAL
-            };
-            if in_a_row >= PROBE_CONFIRMATIONS || tokio::time::Instant::now() + pause > deadline {
+            if in_a_row >= PROBE_CONFIRMATIONS
+                || tokio::time::Instant::now() + PROBE_INTERVAL > deadline
+            {
                 out.push(Observation {
                     endpoint: endpoint.clone(),
                     last,
@@ -208,7 +209,7 @@ pub async fn wait_for_fingerprint(
                 });
                 break;
             }
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(PROBE_INTERVAL).await;
         }
     }
     out

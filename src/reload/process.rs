@@ -284,15 +284,19 @@ mod tests {
     #[tokio::test]
     async fn timeout_kills_the_whole_group() {
         let dir = tempfile::tempdir().unwrap();
-        let marker = dir.path().join("survived");
-        // The shell's child would write the marker after 2s if it survived the kill.
-        let script = format!("echo started; (sleep 2; touch {}) & wait", marker.display());
+        let pid_file = dir.path().join("grandchild.pid");
+        // A grandchild in the background writes its pid and sleeps; the shell waits for it.
+        let script = format!(
+            "sh -c 'echo $$ > {p}; exec sleep 30' & while [ ! -s {p} ]; do sleep 0.01; done; \
+             echo started; wait",
+            p = pid_file.display()
+        );
         let start = std::time::Instant::now();
-        let e = run(&Argv::shell(script), &[], None, Duration::from_millis(300))
+        let e = run(&Argv::shell(script), &[], None, Duration::from_secs(2))
             .await
             .unwrap_err();
         assert!(
-            start.elapsed() < Duration::from_secs(2),
+            start.elapsed() < Duration::from_secs(20),
             "{:?}",
             start.elapsed()
         );
@@ -300,10 +304,23 @@ mod tests {
             RunError::Timeout { stdout, .. } => assert_eq!(stdout, "started\n"),
             other => panic!("{other:?}"),
         }
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // The grandchild went with the group: gone, or a zombie nobody has reaped yet.
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let dead = || match std::fs::read_to_string(&stat) {
+            Err(_) => true,
+            Ok(s) => s
+                .rsplit(") ")
+                .next()
+                .is_some_and(|rest| rest.starts_with('Z')),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !dead() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert!(
-            !marker.exists(),
-            "a process of the group outlived the timeout"
+            dead(),
+            "a process of the group outlived the timeout: {stat}"
         );
     }
 

@@ -460,6 +460,79 @@ fn systemd_notify_ready_status_watchdog_stopping() {
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
 }
 
+/// A SIGHUP that arrives while the startup check is still running (systemd's ExecReload, or an
+/// operator, right after the start) must not kill the agent with the signal's default action:
+/// it is taken and the configuration is reloaded once the check is done.
+#[test]
+fn a_sighup_during_the_startup_check_reloads_instead_of_killing() {
+    use std::os::unix::net::UnixDatagram;
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let (emu, ca_id) = rt.block_on(emulator_with_ca());
+    // Every API call takes 1.5 s: the startup check lasts several seconds.
+    emu.shared().add_fault(ccm_agent::emulator::FaultRule {
+        latency_ms: 1500,
+        ..ccm_agent::emulator::FaultRule::new("*")
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), &emu, &ca_id, "127.0.0.1:0", "0 0 * * * *");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, text).expect("write config");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(90)))
+        .expect("timeout");
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    let pid = child.id().to_string();
+    let mut seen = Vec::<String>::new();
+    let mut buf = [0u8; 4096];
+    let mut recv_until = |seen: &mut Vec<String>, done: &dyn Fn(&[String]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline && !done(seen) {
+            match sock.recv(&mut buf) {
+                Ok(n) => seen.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(_) => break,
+            }
+        }
+    };
+    // The first WATCHDOG=1 is sent as the startup check begins.
+    recv_until(&mut seen, &|s| s.iter().any(|m| m.contains("WATCHDOG=1")));
+    assert!(
+        !seen.iter().any(|m| m.contains("READY=1")),
+        "the startup check should still be running: {seen:?}"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status();
+    recv_until(&mut seen, &|s| {
+        s.iter()
+            .position(|m| m.contains("RELOADING=1"))
+            .is_some_and(|at| s[at..].iter().any(|m| m.contains("READY=1")))
+    });
+    let alive = child.try_wait().expect("try_wait").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        alive,
+        "SIGHUP during the startup check killed the agent: {seen:?}"
+    );
+    let ready = seen.iter().position(|m| m.contains("READY=1"));
+    let reloading = seen.iter().position(|m| m.contains("RELOADING=1"));
+    assert!(
+        matches!((ready, reloading), (Some(r), Some(l)) if r < l),
+        "READY=1 after the startup check, then the reload: {seen:?}"
+    );
+    drop(emu);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_key_is_restored_within_seconds_without_the_cloud() {
     let (emu, ca_id) = emulator_with_ca().await;

@@ -834,16 +834,31 @@ async fn a_run_stopped_midway_keeps_what_it_deployed() {
         1,
     );
     let m = f.pca_material("stop.example").await;
+    // Far longer than the wait below: the deploy call is surely still in flight when the run is
+    // dropped. One use only, so the emulator counting it down tells that the call has arrived.
     let mut slow = FaultRule::new("scm.deploy_certificate");
-    slow.latency_ms = 5_000;
+    slow.latency_ms = 120_000;
+    slow.times = Some(1);
     f.shared().add_fault(slow);
     // Shutdown (or a crash) while the deploy call hangs: the batch-push is already recorded.
-    let stopped = tokio::time::timeout(
-        Duration::from_millis(1_500),
-        deploy::deploy_certificate(&f.client, &f.store, &spec, &m, false),
-    )
-    .await;
-    assert!(stopped.is_err(), "the run should still be waiting");
+    // The run is dropped as soon as the deploy call has reached the emulator: it is sent only
+    // after the import and the batch-push have finished and their results were saved.
+    let run = deploy::deploy_certificate(&f.client, &f.store, &spec, &m, false);
+    let deploy_in_flight = async {
+        let start = std::time::Instant::now();
+        while f.shared().faults().iter().any(|r| r.times == Some(1)) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the deploy call never reached the emulator: {:?}",
+                f.mutating_requests()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        r = run => panic!("the run should still be waiting: {r:#?}"),
+        () = deploy_in_flight => {}
+    }
     let st = f.store.load(NAME).expect("state");
     let mut keys: Vec<&String> = st.deployed.keys().collect();
     keys.sort();

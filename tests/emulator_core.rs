@@ -348,6 +348,14 @@ async fn timeouts_drops_and_broken_bodies_are_typed_errors() {
         RetryPolicy::none(),
         Duration::from_millis(400),
     );
+    // Everything that must *not* time out uses a client with a generous
+    // timeout, so a slow machine cannot turn those cases into timeouts.
+    let patient = client_with(
+        &emu,
+        Credentials::AkSk(emu.aksk()),
+        RetryPolicy::none(),
+        Duration::from_secs(10),
+    );
 
     emu.shared().add_fault(FaultRule {
         timeout: true,
@@ -366,7 +374,7 @@ async fn timeouts_drops_and_broken_bodies_are_typed_errors() {
         times: Some(1),
         ..FaultRule::new("iam.list_auth_domains")
     });
-    let err = client
+    let err = patient
         .call::<serde_json::Value>(domains())
         .await
         .expect_err("dropped");
@@ -378,7 +386,7 @@ async fn timeouts_drops_and_broken_bodies_are_typed_errors() {
         times: Some(1),
         ..FaultRule::new("iam.list_auth_domains")
     });
-    let err = client
+    let err = patient
         .call::<serde_json::Value>(domains())
         .await
         .expect_err("truncated");
@@ -389,7 +397,7 @@ async fn timeouts_drops_and_broken_bodies_are_typed_errors() {
         times: Some(1),
         ..FaultRule::new("iam.*")
     });
-    let err = client
+    let err = patient
         .call::<serde_json::Value>(domains())
         .await
         .expect_err("malformed");
@@ -402,7 +410,7 @@ async fn timeouts_drops_and_broken_bodies_are_typed_errors() {
         times: Some(1),
         ..FaultRule::new("*")
     });
-    let _: serde_json::Value = client.call(domains()).await.expect("slow but fine");
+    let _: serde_json::Value = patient.call(domains()).await.expect("slow but fine");
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
@@ -538,6 +546,9 @@ async fn state_file_persists_across_restarts() {
 #[test]
 fn binary_prints_its_url_and_serves() {
     use std::io::BufRead;
+    // reqwest needs a rustls provider; without this the test depends on another one having
+    // started an emulator or built a client first.
+    ccm_agent::cloud::install_crypto_provider();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ccm-agent"))
         .args(["emulator", "--listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())

@@ -469,15 +469,23 @@ async fn api_requests_are_observed() {
         .unwrap()
     };
     assert_eq!(bucket("+Inf"), 3.0);
-    assert_eq!(bucket("0.25"), 2.0, "the 300 ms answer is above 0.25 s");
+    // Only the slow answer has a lower bound on its duration: at most the two others are at or
+    // below 0.25 s (how fast they were depends on the machine), never the 300 ms one.
+    assert!(
+        bucket("0.25") <= 2.0,
+        "the 300 ms answer is above 0.25 s: {}",
+        bucket("0.25")
+    );
     assert_eq!(bucket("60"), 3.0);
     let sum = text::value(&s, "ccm_agent_api_request_duration_seconds_sum", &op).unwrap();
     assert!(sum >= 0.3, "sum {sum}");
 
     // No response at all: code "none".
-    let dead = metrics::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    // A port held by a socket that is bound but never listens: connecting is refused, and
+    // nothing else can take the port meanwhile (as it could one bound and released).
+    let dead = tokio::net::TcpSocket::new_v4().unwrap();
+    dead.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let dead_addr = dead.local_addr().unwrap();
-    drop(dead);
     let offline = Client::builder(
         Endpoints::single(&format!("http://{dead_addr}")).unwrap(),
         Credentials::AkSk(emu.aksk()),

@@ -277,6 +277,22 @@ impl Prometheus {
         Ok((sample["metric"].clone(), at, value))
     }
 
+    /// The only sample of `promql` once its value is `expected`, polled for up to `LIMIT`. One
+    /// scrape that times out (`scrape_timeout: 1s`) on a loaded machine sets `up` to 0 and makes
+    /// the agent's series stale until the next good scrape, so a single instant query can miss
+    /// them; the caller still asserts on what this returns.
+    async fn single_eventually(&self, promql: &str, expected: f64) -> (Value, f64, f64) {
+        poll(promql, LIMIT, || async {
+            let sample = self.single(promql).await?;
+            if sample.2 == expected {
+                Ok(sample)
+            } else {
+                Err(format!("{promql} is {}, expected {expected}", sample.2))
+            }
+        })
+        .await
+    }
+
     /// Active (pending or firing) alerts.
     async fn alerts(&self) -> Result<Vec<Value>, String> {
         let data = self.api("alerts", &[]).await?;
@@ -416,10 +432,7 @@ scrape_configs:
     }
     let prom = Prometheus::start(&prometheus, dir.path(), &prom_config).await;
 
-    let (_, _, up) = poll("up{job=\"ccm-agent\"}", LIMIT, || {
-        prom.single(r#"up{job="ccm-agent"}"#)
-    })
-    .await;
+    let (_, _, up) = prom.single_eventually(r#"up{job="ccm-agent"}"#, 1.0).await;
     assert_eq!(up, 1.0, "the agent's target is up");
 
     let not_after = r#"ccm_agent_certificate_not_after_timestamp_seconds{job="ccm-agent"}"#;
@@ -430,15 +443,17 @@ scrape_configs:
     assert_eq!(labels["source"], "pca", "{labels}");
     assert_eq!(labels["instance"], agent_addr.to_string(), "{labels}");
     let (_, _, value) = prom
-        .single(r#"ccm_agent_certificate_not_before_timestamp_seconds{job="ccm-agent",name="web"}"#)
-        .await
-        .unwrap();
+        .single_eventually(
+            r#"ccm_agent_certificate_not_before_timestamp_seconds{job="ccm-agent",name="web"}"#,
+            ts(first.not_before),
+        )
+        .await;
     assert_eq!(value, ts(first.not_before));
     let x509 = format!(
         r#"x509_cert_not_after{{job="ccm-agent",filepath="{}"}}"#,
         cert_path.display()
     );
-    let (labels, _, value) = prom.single(&x509).await.unwrap();
+    let (labels, _, value) = prom.single_eventually(&x509, ts(first.not_after)).await;
     assert_eq!(value, ts(first.not_after), "{labels}");
     assert_eq!(labels["subject_CN"], "web.test.internal", "{labels}");
     assert_eq!(labels["issuer_CN"], "prometheus e2e issuing CA", "{labels}");
@@ -556,7 +571,7 @@ scrape_configs:
     })
     .await;
     assert_eq!(value, ts(second.not_after));
-    let (_, _, value) = prom.single(&x509).await.unwrap();
+    let (_, _, value) = prom.single_eventually(&x509, ts(second.not_after)).await;
     assert_eq!(value, ts(second.not_after));
 
     // Warning (less than a quarter of the lifetime left) and critical (less than a tenth, at
@@ -608,7 +623,7 @@ scrape_configs:
         alert_named(&alerts, "CcmAgentCertificateExpired").is_empty(),
         "{alerts:#?}"
     );
-    let (_, _, up) = prom.single(r#"up{job="ccm-agent"}"#).await.unwrap();
+    let (_, _, up) = prom.single_eventually(r#"up{job="ccm-agent"}"#, 1.0).await;
     assert_eq!(up, 1.0);
     assert_eq!(
         emu.shared().count_requests("pca.create_certificate_by_csr"),

@@ -430,6 +430,7 @@ struct Daemon {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     metrics: String,
+    cycles: Arc<AtomicU64>,
 }
 
 async fn start_daemon(
@@ -448,8 +449,11 @@ async fn start_daemon(
             clock: Clock::from_fn(move || shared.now()),
             metrics_listener: Some(listener),
             shutdown: shutdown.clone(),
-            on_cycle: Some(Box::new(move |_| {
-                cycles.fetch_add(1, Ordering::Relaxed);
+            on_cycle: Some(Box::new({
+                let cycles = cycles.clone();
+                move |_| {
+                    cycles.fetch_add(1, Ordering::Relaxed);
+                }
             })),
             notifier: ccm_agent::systemd::Notifier::disabled(),
             reload_config: None,
@@ -460,12 +464,17 @@ async fn start_daemon(
         shutdown,
         task,
         metrics,
+        cycles,
     }
 }
 
 impl Daemon {
     /// Scrapes the metrics one last time, then stops the daemon.
     async fn stop(self) -> String {
+        // `converge` sees a pass's files as soon as they are installed, which can be before that
+        // pass has recorded its renewals in the metrics. A pass is counted only once it has
+        // finished recording, so after one more the converging pass is in the scrape.
+        wait_cycles(&self.cycles, 1).await;
         let text = reqwest::get(format!("http://{}/metrics", self.metrics))
             .await
             .unwrap()

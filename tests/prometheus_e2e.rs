@@ -26,6 +26,9 @@ use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod ports;
+use ports::free_port;
+
 const DAY: i64 = 86_400;
 /// The certificates' lifetime, as configured below.
 const VALIDITY_DAYS: i64 = 30;
@@ -40,13 +43,6 @@ fn find_binary(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
 }
 
 /// Poll `f` every 250 ms until it returns `Ok`, or fail after `limit` with the last reason.

@@ -134,11 +134,9 @@ impl Site {
     }
 }
 
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+#[path = "../ports/mod.rs"]
+mod ports;
+pub use ports::free_port;
 
 pub fn endpoint(port: u16) -> VerifyEndpoint {
     VerifyEndpoint {

@@ -1742,3 +1742,62 @@ async fn a_large_scm_account_is_listed_per_name_and_serves_every_check() {
         "the checks used the pass"
     );
 }
+
+/// A certificate that is not valid yet by this host's clock (the host's clock behind the CA's)
+/// is reported: clients would reject it. Within a few minutes of skew it is not.
+#[tokio::test]
+async fn a_certificate_not_valid_yet_by_this_hosts_clock_is_a_warning() {
+    let e = env().await;
+    let cert = pca_cert(&e, "skew", "csr");
+    let r = e
+        .renewer
+        .check(&cert, CheckOptions::default())
+        .await
+        .unwrap();
+    assert!(r.install_changed);
+    assert!(
+        !r.warnings.iter().any(|w| w.contains("not valid before")),
+        "{:?}",
+        r.warnings
+    );
+    let behind = |by: time::Duration| {
+        let shared = e.shared.clone();
+        Renewer::new(
+            client(&e.emu),
+            &e.state,
+            Clock::from_fn(move || shared.now() - by),
+            "test-host".into(),
+        )
+        .unwrap()
+    };
+    let r = behind(time::Duration::minutes(2))
+        .check(&cert, CheckOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        !r.warnings.iter().any(|w| w.contains("not valid before")),
+        "{:?}",
+        r.warnings
+    );
+    let r = behind(time::Duration::hours(2))
+        .check(&cert, CheckOptions::default())
+        .await
+        .unwrap();
+    assert!(!r.install_changed, "nothing is renewed because of it");
+    let w: Vec<_> = r
+        .warnings
+        .iter()
+        .filter(|w| w.contains("not valid before"))
+        .collect();
+    assert_eq!(w.len(), 1, "{:?}", r.warnings);
+    assert!(w[0].contains("check this host's clock"), "{}", w[0]);
+    let nb = r.installed.as_ref().unwrap().not_before;
+    assert!(
+        w[0].contains(
+            &nb.format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        ),
+        "{}",
+        w[0]
+    );
+}

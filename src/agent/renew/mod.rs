@@ -256,6 +256,13 @@ impl Renewer {
         {
             slot.changes.fetch_add(1, Ordering::SeqCst);
         }
+        let mut result = result;
+        if let Ok(r) = &mut result
+            && let Some(w) = not_yet_valid(r.installed.as_ref(), self.now())
+        {
+            tracing::warn!(certificate = %cert.name, "{w}");
+            r.warnings.push(w);
+        }
         result
     }
 
@@ -587,6 +594,24 @@ fn days(d: time::Duration) -> i64 {
 }
 
 /// RFC 3339, for messages.
+/// How far ahead of this host's clock a certificate's `not_before` may be before it is reported
+/// (CAs often backdate by a minute or so; clocks drift by seconds).
+const NOT_YET_VALID_SLACK: time::Duration = time::Duration::minutes(5);
+
+/// A warning when the installed certificate is not valid yet by this host's clock: clients
+/// reject it until then, so either this host's clock or the issuer's is wrong.
+fn not_yet_valid(installed: Option<&CertSummary>, now: OffsetDateTime) -> Option<String> {
+    let s = installed?;
+    (s.not_before > now + NOT_YET_VALID_SLACK).then(|| {
+        format!(
+            "the installed certificate is not valid before {} ({} minutes after this host's clock, {}): clients reject it until then; check this host's clock (NTP) and the issuer's",
+            rfc3339(s.not_before),
+            (s.not_before - now).whole_minutes(),
+            rfc3339(now)
+        )
+    })
+}
+
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())

@@ -593,7 +593,6 @@ fn days(d: time::Duration) -> i64 {
     (d.whole_seconds() + 43_200).div_euclid(86_400)
 }
 
-/// RFC 3339, for messages.
 /// How far ahead of this host's clock a certificate's `not_before` may be before it is reported
 /// (CAs often backdate by a minute or so; clocks drift by seconds).
 const NOT_YET_VALID_SLACK: time::Duration = time::Duration::minutes(5);
@@ -612,6 +611,7 @@ fn not_yet_valid(installed: Option<&CertSummary>, now: OffsetDateTime) -> Option
     })
 }
 
+/// RFC 3339, for messages.
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())

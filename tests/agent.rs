@@ -773,6 +773,74 @@ resources = [{ id = "lb0001" }, { id = "lb0002" }]
 }
 
 /// `ccm-agent renew` refuses to run beside a daemon holding the state directory.
+/// SIGUSR1 makes a running daemon check every certificate now, including one waiting out a
+/// failure's backoff (here up to a day), which is what `renew` beside a daemon points to.
+#[test]
+fn sigusr1_makes_the_daemon_check_now_even_in_backoff() {
+    use std::os::unix::net::UnixDatagram;
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let (emu, ca_id) = rt.block_on(emulator_with_ca());
+    // Every CSR issuance fails: "web" (CSR mode) fails its first pass; "api" (apply) does not.
+    emu.shared()
+        .add_fault(ccm_agent::emulator::FaultRule::error(
+            "pca.create_certificate_by_csr",
+            500,
+            "PCA.10010001",
+        ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), &emu, &ca_id, "127.0.0.1:0", "0 0 0 1 1 *")
+        .replace("retry_initial = \"1s\"", "retry_initial = \"24h\"")
+        .replace("retry_max = \"2s\"", "retry_max = \"24h\"");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, text).expect("write config");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    let mut buf = [0u8; 4096];
+    let mut ready = false;
+    while !ready {
+        match sock.recv(&mut buf) {
+            Ok(n) => ready = String::from_utf8_lossy(&buf[..n]).contains("READY=1"),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no READY=1 from the agent: {e}");
+            }
+        }
+    }
+    let web = dir.path().join("live/web/cert.pem");
+    let api = dir.path().join("live/api/cert.pem");
+    assert!(api.exists(), "api was issued in the startup check");
+    assert!(!web.exists(), "web failed in the startup check");
+    let status = std::fs::read_to_string(dir.path().join("state/status.json")).expect("status");
+    assert!(status.contains("failure 1 in a row"), "{status}");
+
+    // The cause is fixed; SIGUSR1 instead of waiting for the backoff.
+    emu.shared().clear_faults();
+    let _ = std::process::Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !web.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let alive = child.try_wait().expect("try_wait").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(alive, "SIGUSR1 must not stop the agent");
+    assert!(web.exists(), "web was not checked again after SIGUSR1");
+    drop(emu);
+}
+
 #[test]
 fn renew_does_not_race_a_running_daemon() {
     let rt = tokio::runtime::Runtime::new().expect("rt");
@@ -792,6 +860,10 @@ fn renew_does_not_race_a_running_daemon() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("another ccm-agent"), "{err}");
+    // It names the holder and how to ask a running daemon instead.
+    let pid = std::process::id();
+    assert!(err.contains(&format!("pid {pid}")), "{err}");
+    assert!(err.contains(&format!("kill -USR1 {pid}")), "{err}");
     assert_eq!(
         emu.shared().count_requests("pca.create_certificate_by_csr"),
         0

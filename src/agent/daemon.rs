@@ -5,6 +5,7 @@
 //! later; it never stops the loop or the other certificates.
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -106,13 +107,36 @@ impl StateLock {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         match file.try_lock() {
-            Ok(()) => Ok(Self { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-                "another ccm-agent (the daemon, or a renew) is using {} (lock {}); \
-                 stop it or wait: running both would renew the same certificates twice",
-                state_dir.display(),
-                path.display()
-            ),
+            Ok(()) => {
+                // Who holds it, for the message another process prints. Best effort: the lock
+                // works without it.
+                let _ = file.set_len(0);
+                let _ = (&file).write_all(format!("{}\n", std::process::id()).as_bytes());
+                Ok(Self { _file: file })
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok());
+                let (who, ask) = match holder {
+                    Some(pid) => (
+                        format!("pid {pid}, the daemon or a renew"),
+                        format!("kill -USR1 {pid}"),
+                    ),
+                    None => (
+                        "the daemon or a renew".to_owned(),
+                        "kill -USR1 PID".to_owned(),
+                    ),
+                };
+                anyhow::bail!(
+                    "another ccm-agent ({who}) is using {} (lock {}); running both would renew \
+                     the same certificates twice. To have a running daemon check every \
+                     certificate now: {ask} (or systemctl kill -s USR1 --kill-whom=main \
+                     ccm-agent); --dry-run works beside it",
+                    state_dir.display(),
+                    path.display()
+                )
+            }
             Err(std::fs::TryLockError::Error(e)) => {
                 Err(e).with_context(|| format!("locking {}", path.display()))
             }
@@ -505,6 +529,20 @@ impl Agent {
         }
     }
 
+    /// Ends every certificate's wait after a failure, so the next pass checks them all (SIGUSR1,
+    /// "check now"). The failure counts stay: the next failure backs off further.
+    pub fn end_backoffs(&self) {
+        let now = Instant::now();
+        for (_, until) in self
+            .backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values_mut()
+        {
+            *until = (*until).min(now);
+        }
+    }
+
     fn in_backoff(&self, name: &str, now: Instant) -> bool {
         let backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
         backoff.get(name).is_some_and(|(_, until)| *until > now)
@@ -844,6 +882,11 @@ pub async fn run(
         ),
         None => None,
     };
+    // SIGUSR1: check every certificate now (what an operator wants after fixing the cause of a
+    // failure, without waiting for the schedule or the backoff).
+    let mut check_now =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+            .context("listening for SIGUSR1")?;
     agent.resume().await;
     if config.agent.check_on_start {
         let summary = run_cycle(&agent, watchdog.as_mut(), &notifier, &opts.shutdown).await;
@@ -870,6 +913,11 @@ pub async fn run(
                 _ = tick.notified() => break,
                 _ = &mut sleep => break,
                 _ = next_watchdog(watchdog.as_mut()) => notifier.watchdog(),
+                _ = check_now.recv() => {
+                    tracing::info!("SIGUSR1: checking every certificate now");
+                    agent.end_backoffs();
+                    break;
+                }
                 _ = next_hangup(hangup.as_mut()) => {
                     if let Some(load) = &opts.reload_config {
                         reload_config(&agent, load, &notifier);

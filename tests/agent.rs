@@ -565,7 +565,7 @@ async fn a_deleted_key_is_restored_within_seconds_without_the_cloud() {
     let issued = emu.shared().count_requests("pca.create_certificate_by_csr");
     std::fs::remove_file(&key).expect("delete key");
     let k = key.clone();
-    wait_for("key restored", Duration::from_secs(15), || {
+    wait_for("key restored", Duration::from_secs(30), || {
         std::fs::read(&k).is_ok_and(|b| b == original)
     })
     .await;
@@ -576,7 +576,7 @@ async fn a_deleted_key_is_restored_within_seconds_without_the_cloud() {
     );
     // Truncated: restored too.
     std::fs::write(&key, b"").expect("truncate");
-    wait_for("truncated key restored", Duration::from_secs(15), || {
+    wait_for("truncated key restored", Duration::from_secs(30), || {
         std::fs::read(&k).is_ok_and(|b| b == original)
     })
     .await;

@@ -351,7 +351,10 @@ fn renew(config: Config, args: RenewArgs) -> ExitCode {
         let _lock = if args.dry_run {
             None
         } else {
-            Some(daemon::StateLock::acquire(&config.agent.state_dir)?)
+            Some(daemon::StateLock::acquire(
+                &config.agent.state_dir,
+                "renew",
+            )?)
         };
         let agent = std::sync::Arc::new(daemon::Agent::new(
             std::sync::Arc::new(config.clone()),

@@ -849,8 +849,8 @@ fn renew_does_not_race_a_running_daemon() {
     let text = config_text(dir.path(), &emu, &ca_id, "127.0.0.1:0", "0 0 * * * *");
     let cfg = dir.path().join("agent.toml");
     std::fs::write(&cfg, text).expect("write config");
-    let lock =
-        daemon::StateLock::acquire(&dir.path().join("state")).expect("lock as a daemon would");
+    let lock = daemon::StateLock::acquire(&dir.path().join("state"), "daemon")
+        .expect("lock as a daemon would");
     let out = std::process::Command::new(bin())
         .args(["renew", "web", "--config"])
         .arg(&cfg)
@@ -859,15 +859,36 @@ fn renew_does_not_race_a_running_daemon() {
         .expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("another ccm-agent"), "{err}");
     // It names the holder and how to ask a running daemon instead.
     let pid = std::process::id();
-    assert!(err.contains(&format!("pid {pid}")), "{err}");
+    assert!(
+        err.contains(&format!("the daemon (pid {pid}) is running")),
+        "{err}"
+    );
     assert!(err.contains(&format!("kill -USR1 {pid}")), "{err}");
     assert_eq!(
         emu.shared().count_requests("pca.create_certificate_by_csr"),
         0
     );
+    drop(lock);
+    // Held by another renew: wait for it (a renew has no SIGUSR1 handler: never suggested).
+    let lock = daemon::StateLock::acquire(&dir.path().join("state"), "renew")
+        .expect("lock as a renew would");
+    let out = std::process::Command::new(bin())
+        .args(["renew", "web", "--config"])
+        .arg(&cfg)
+        .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "a `ccm-agent renew` (pid {pid}) is running; wait for it"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("USR1"), "{err}");
     drop(lock);
     let out = std::process::Command::new(bin())
         .args(["renew", "web", "--config"])

@@ -96,7 +96,8 @@ pub struct StateLock {
 impl StateLock {
     pub const FILE: &'static str = "agent.lock";
 
-    pub fn acquire(state_dir: &Path) -> anyhow::Result<Self> {
+    /// Takes the lock for `role` (`daemon` or `renew`), or says who holds it.
+    pub fn acquire(state_dir: &Path, role: &str) -> anyhow::Result<Self> {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("agent.state_dir: creating {}", state_dir.display()))?;
         let path = state_dir.join(Self::FILE);
@@ -108,31 +109,30 @@ impl StateLock {
             .with_context(|| format!("opening {}", path.display()))?;
         match file.try_lock() {
             Ok(()) => {
-                // Who holds it, for the message another process prints. Best effort: the lock
-                // works without it.
+                // Who holds it ("PID ROLE"), for the message another process prints. Best
+                // effort: the lock works without it.
                 let _ = file.set_len(0);
-                let _ = (&file).write_all(format!("{}\n", std::process::id()).as_bytes());
+                let _ = (&file).write_all(format!("{} {role}\n", std::process::id()).as_bytes());
                 Ok(Self { _file: file })
             }
             Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&path)
-                    .ok()
-                    .and_then(|t| t.trim().parse::<u32>().ok());
-                let (who, ask) = match holder {
-                    Some(pid) => (
-                        format!("pid {pid}, the daemon or a renew"),
-                        format!("kill -USR1 {pid}"),
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let mut words = text.split_whitespace();
+                let pid = words.next().and_then(|w| w.parse::<u32>().ok());
+                let what = match (pid, words.next()) {
+                    (Some(pid), Some("daemon")) => format!(
+                        "the daemon (pid {pid}) is running. To have it check every certificate \
+                         now: kill -USR1 {pid} (or systemctl kill -s USR1 --kill-whom=main \
+                         ccm-agent)"
                     ),
-                    None => (
-                        "the daemon or a renew".to_owned(),
-                        "kill -USR1 PID".to_owned(),
-                    ),
+                    (Some(pid), _) => {
+                        format!("a `ccm-agent renew` (pid {pid}) is running; wait for it")
+                    }
+                    (None, _) => "another ccm-agent holds it; stop it or wait".to_owned(),
                 };
                 anyhow::bail!(
-                    "another ccm-agent ({who}) is using {} (lock {}); running both would renew \
-                     the same certificates twice. To have a running daemon check every \
-                     certificate now: {ask} (or systemctl kill -s USR1 --kill-whom=main \
-                     ccm-agent); --dry-run works beside it",
+                    "{} is in use (lock {}): {what}. Running both would renew the same \
+                     certificates twice; --dry-run works beside it",
                     state_dir.display(),
                     path.display()
                 )
@@ -840,7 +840,7 @@ pub async fn run(
     credentials: Credentials,
     opts: RunOptions,
 ) -> anyhow::Result<()> {
-    let _lock = StateLock::acquire(&config.agent.state_dir)?;
+    let _lock = StateLock::acquire(&config.agent.state_dir, "daemon")?;
     let metrics = Metrics::with_clock(opts.clock.clone());
     let readiness = Readiness::new();
     let client = build_client(&config, credentials, Some(metrics.clone()))?;

@@ -346,9 +346,67 @@ fn check_reports_every_problem_with_exit_code_2() {
     assert!(err.contains("certificates[0].pca.key_algorithm"), "{err}");
 }
 
+/// `ccm-agent run --config CFG` with `NOTIFY_SOCKET` on a datagram socket in `dir`: the
+/// messages it sends, read as they come.
+struct NotifiedAgent {
+    child: std::process::Child,
+    sock: std::os::unix::net::UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl NotifiedAgent {
+    fn spawn(dir: &Path, cfg: &Path, watchdog_usec: Option<&str>) -> Self {
+        let sock_path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind notify socket");
+        sock.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(["run", "--config"])
+            .arg(cfg)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(usec) = watchdog_usec {
+            cmd.env("WATCHDOG_USEC", usec);
+        }
+        let child = cmd.spawn().expect("spawn agent");
+        NotifiedAgent {
+            child,
+            sock,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads messages until `done` holds for all seen so far, `limit` passes, or the socket
+    /// is quiet for a minute (the agent died).
+    fn recv_until(&mut self, limit: Duration, done: impl Fn(&[String]) -> bool) {
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline && !done(&self.seen) {
+            match self.sock.recv(&mut buf) {
+                Ok(n) => self
+                    .seen
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// `kill -SIG` to the agent.
+    fn signal(&self, sig: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status();
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+}
+
 #[test]
 fn systemd_notify_ready_status_watchdog_stopping() {
-    use std::os::unix::net::UnixDatagram;
     let rt = tokio::runtime::Runtime::new().expect("rt");
     let (emu, ca_id) = rt.block_on(emulator_with_ca());
     let dir = tempfile::tempdir().expect("tempdir");
@@ -365,67 +423,30 @@ fn systemd_notify_ready_status_watchdog_stopping() {
     );
     let cfg = dir.path().join("agent.toml");
     std::fs::write(&cfg, text).expect("write config");
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
-
-    let mut child = std::process::Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "1000000")
-        .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn agent");
-
-    let mut seen = Vec::<String>::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline
-        && !(seen.iter().any(|m| m.contains("READY=1"))
-            && seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2)
-    {
-        match sock.recv(&mut buf) {
-            Ok(n) => seen.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
-            Err(_) => break,
-        }
-    }
-    let pid = child.id().to_string();
+    let mut agent = NotifiedAgent::spawn(dir.path(), &cfg, Some("1000000"));
+    agent.recv_until(Duration::from_secs(60), |seen| {
+        seen.iter().any(|m| m.contains("READY=1"))
+            && seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2
+    });
     // SIGHUP with a broken file: RELOADING=1, the error is logged, READY=1 again, still running.
     std::fs::write(&cfg, "[agent]\nconcurrency = 0\n").expect("break config");
-    let _ = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let before = seen.len();
-    while Instant::now() < deadline
-        && !(seen[before..].iter().any(|m| m.contains("RELOADING=1"))
-            && seen[before..].iter().any(|m| m.contains("READY=1")))
-    {
-        match sock.recv(&mut buf) {
-            Ok(n) => seen.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
-            Err(_) => break,
-        }
-    }
+    agent.signal("HUP");
+    let before = agent.seen.len();
+    agent.recv_until(Duration::from_secs(20), |seen| {
+        seen[before..].iter().any(|m| m.contains("RELOADING=1"))
+            && seen[before..].iter().any(|m| m.contains("READY=1"))
+    });
     assert!(
-        child.try_wait().expect("try_wait").is_none(),
+        agent.alive(),
         "an invalid config on SIGHUP must not stop the agent"
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && !seen.iter().any(|m| m.contains("STOPPING=1")) {
-        match sock.recv(&mut buf) {
-            Ok(n) => seen.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
-            Err(_) => break,
-        }
-    }
-    let status = child.wait().expect("wait");
+    agent.signal("TERM");
+    agent.recv_until(Duration::from_secs(20), |seen| {
+        seen.iter().any(|m| m.contains("STOPPING=1"))
+    });
+    let status = agent.child.wait().expect("wait");
     drop(emu);
+    let seen = &agent.seen;
     let all = seen.join("|");
     let ready_at = seen
         .iter()
@@ -465,7 +486,6 @@ fn systemd_notify_ready_status_watchdog_stopping() {
 /// it is taken and the configuration is reloaded once the check is done.
 #[test]
 fn a_sighup_during_the_startup_check_reloads_instead_of_killing() {
-    use std::os::unix::net::UnixDatagram;
     let rt = tokio::runtime::Runtime::new().expect("rt");
     let (emu, ca_id) = rt.block_on(emulator_with_ca());
     // Every API call takes 1.5 s: the startup check lasts several seconds.
@@ -477,49 +497,26 @@ fn a_sighup_during_the_startup_check_reloads_instead_of_killing() {
     let text = config_text(dir.path(), &emu, &ca_id, "127.0.0.1:0", "0 0 * * * *");
     let cfg = dir.path().join("agent.toml");
     std::fs::write(&cfg, text).expect("write config");
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_secs(90)))
-        .expect("timeout");
-    let mut child = std::process::Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "1000000")
-        .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn agent");
-    let pid = child.id().to_string();
-    let mut seen = Vec::<String>::new();
-    let mut buf = [0u8; 4096];
-    let mut recv_until = |seen: &mut Vec<String>, done: &dyn Fn(&[String]) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while Instant::now() < deadline && !done(seen) {
-            match sock.recv(&mut buf) {
-                Ok(n) => seen.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
-                Err(_) => break,
-            }
-        }
-    };
+    let mut agent = NotifiedAgent::spawn(dir.path(), &cfg, Some("1000000"));
     // The first WATCHDOG=1 is sent as the startup check begins.
-    recv_until(&mut seen, &|s| s.iter().any(|m| m.contains("WATCHDOG=1")));
+    agent.recv_until(Duration::from_secs(90), |s| {
+        s.iter().any(|m| m.contains("WATCHDOG=1"))
+    });
     assert!(
-        !seen.iter().any(|m| m.contains("READY=1")),
-        "the startup check should still be running: {seen:?}"
+        !agent.seen.iter().any(|m| m.contains("READY=1")),
+        "the startup check should still be running: {:?}",
+        agent.seen
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status();
-    recv_until(&mut seen, &|s| {
+    agent.signal("HUP");
+    agent.recv_until(Duration::from_secs(90), |s| {
         s.iter()
             .position(|m| m.contains("RELOADING=1"))
             .is_some_and(|at| s[at..].iter().any(|m| m.contains("READY=1")))
     });
-    let alive = child.try_wait().expect("try_wait").is_none();
-    let _ = child.kill();
-    let _ = child.wait();
+    let alive = agent.alive();
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
+    let seen = &agent.seen;
     assert!(
         alive,
         "SIGHUP during the startup check killed the agent: {seen:?}"
@@ -777,7 +774,6 @@ resources = [{ id = "lb0001" }, { id = "lb0002" }]
 /// failure's backoff (here up to a day), which is what `renew` beside a daemon points to.
 #[test]
 fn sigusr1_makes_the_daemon_check_now_even_in_backoff() {
-    use std::os::unix::net::UnixDatagram;
     let rt = tokio::runtime::Runtime::new().expect("rt");
     let (emu, ca_id) = rt.block_on(emulator_with_ca());
     // Every CSR issuance fails: "web" (CSR mode) fails its first pass; "api" (apply) does not.
@@ -793,29 +789,13 @@ fn sigusr1_makes_the_daemon_check_now_even_in_backoff() {
         .replace("retry_max = \"2s\"", "retry_max = \"24h\"");
     let cfg = dir.path().join("agent.toml");
     std::fs::write(&cfg, text).expect("write config");
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
-    let mut child = std::process::Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn agent");
-    let mut buf = [0u8; 4096];
-    let mut ready = false;
-    while !ready {
-        match sock.recv(&mut buf) {
-            Ok(n) => ready = String::from_utf8_lossy(&buf[..n]).contains("READY=1"),
-            Err(e) => {
-                let _ = child.kill();
-                panic!("no READY=1 from the agent: {e}");
-            }
-        }
+    let mut agent = NotifiedAgent::spawn(dir.path(), &cfg, None);
+    agent.recv_until(Duration::from_secs(60), |s| {
+        s.iter().any(|m| m.contains("READY=1"))
+    });
+    if !agent.seen.iter().any(|m| m.contains("READY=1")) {
+        let _ = agent.child.kill();
+        panic!("no READY=1 from the agent: {:?}", agent.seen);
     }
     let web = dir.path().join("live/web/cert.pem");
     let api = dir.path().join("live/api/cert.pem");
@@ -826,16 +806,14 @@ fn sigusr1_makes_the_daemon_check_now_even_in_backoff() {
 
     // The cause is fixed; SIGUSR1 instead of waiting for the backoff.
     emu.shared().clear_faults();
-    let _ = std::process::Command::new("kill")
-        .args(["-USR1", &child.id().to_string()])
-        .status();
+    agent.signal("USR1");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !web.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let alive = child.try_wait().expect("try_wait").is_none();
-    let _ = child.kill();
-    let _ = child.wait();
+    let alive = agent.alive();
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
     assert!(alive, "SIGUSR1 must not stop the agent");
     assert!(web.exists(), "web was not checked again after SIGUSR1");
     drop(emu);

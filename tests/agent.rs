@@ -827,14 +827,17 @@ fn renew_does_not_race_a_running_daemon() {
     let text = config_text(dir.path(), &emu, &ca_id, "127.0.0.1:0", "0 0 * * * *");
     let cfg = dir.path().join("agent.toml");
     std::fs::write(&cfg, text).expect("write config");
+    let renew = || {
+        std::process::Command::new(bin())
+            .args(["renew", "web", "--config"])
+            .arg(&cfg)
+            .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
+            .output()
+            .expect("run")
+    };
     let lock = daemon::StateLock::acquire(&dir.path().join("state"), "daemon")
         .expect("lock as a daemon would");
-    let out = std::process::Command::new(bin())
-        .args(["renew", "web", "--config"])
-        .arg(&cfg)
-        .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
-        .output()
-        .expect("run");
+    let out = renew();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     // It names the holder and how to ask a running daemon instead.
@@ -852,12 +855,7 @@ fn renew_does_not_race_a_running_daemon() {
     // Held by another renew: wait for it (a renew has no SIGUSR1 handler: never suggested).
     let lock = daemon::StateLock::acquire(&dir.path().join("state"), "renew")
         .expect("lock as a renew would");
-    let out = std::process::Command::new(bin())
-        .args(["renew", "web", "--config"])
-        .arg(&cfg)
-        .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
-        .output()
-        .expect("run");
+    let out = renew();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -868,12 +866,7 @@ fn renew_does_not_race_a_running_daemon() {
     );
     assert!(!err.contains("USR1"), "{err}");
     drop(lock);
-    let out = std::process::Command::new(bin())
-        .args(["renew", "web", "--config"])
-        .arg(&cfg)
-        .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
-        .output()
-        .expect("run");
+    let out = renew();
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -65,11 +65,16 @@ fn client(emu: &Emulator) -> Client {
 }
 
 fn renewer(emu: &Emulator, state: &Path) -> Renewer {
+    renewer_behind(emu, state, time::Duration::ZERO)
+}
+
+/// A renewer whose clock is `behind` the emulator's.
+fn renewer_behind(emu: &Emulator, state: &Path, behind: time::Duration) -> Renewer {
     let shared = emu.shared().clone();
     Renewer::new(
         client(emu),
         state,
-        Clock::from_fn(move || shared.now()),
+        Clock::from_fn(move || shared.now() - behind),
         "test-host".into(),
     )
     .unwrap()
@@ -1760,16 +1765,7 @@ async fn a_certificate_not_valid_yet_by_this_hosts_clock_is_a_warning() {
         "{:?}",
         r.warnings
     );
-    let behind = |by: time::Duration| {
-        let shared = e.shared.clone();
-        Renewer::new(
-            client(&e.emu),
-            &e.state,
-            Clock::from_fn(move || shared.now() - by),
-            "test-host".into(),
-        )
-        .unwrap()
-    };
+    let behind = |by: time::Duration| renewer_behind(&e.emu, &e.state, by);
     let r = behind(time::Duration::minutes(2))
         .check(&cert, CheckOptions::default())
         .await

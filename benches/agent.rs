@@ -913,9 +913,9 @@ async fn renewals(n: usize, latency_ms: u64) -> Vec<Row> {
 /// Time from the new `cert.pem` appearing (the install's rename) to nginx serving it, over
 /// forced renewals by the agent (in this process) with an nginx reload and served check.
 async fn nginx(rounds: usize) -> Vec<Row> {
-    use ccm_agent::agent::clock::Clock;
     use ccm_agent::agent::daemon::Agent;
     use ccm_agent::agent::renew::CheckOptions;
+    use ccm_agent::clock::Clock;
     use ccm_agent::config::Config;
     use ccm_agent::metrics::{Metrics, Readiness};
     use ccm_agent::reload::probe::VerifyEndpoint;

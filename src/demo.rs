@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use ccm_agent::agent::clock::Clock;
 use ccm_agent::agent::daemon::{self, RunOptions};
+use ccm_agent::clock::Clock;
 use ccm_agent::cloud::Credentials;
 use ccm_agent::config::Config;
 use ccm_agent::emulator::{Emulator, EmulatorConfig, Seed};

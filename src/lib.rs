@@ -4,8 +4,10 @@
 //! - [`cloud`]: the CCM API client (SCM v3, PCA v1, IAM tokens, AK/SK signing).
 //! - [`emulator`]: a local CCM that speaks the same APIs, signs real certificates, and injects
 //!   faults; the peer of every test and the backend of the demo.
-//! - [`agent`]: the daemon: renewal planning ([`agent::plan`]), issuance journal (and, later,
-//!   the watch loop).
+//! - [`agent`]: the daemon: the issuance journal, renewing one certificate, the watch loop.
+//! - [`policy`]: when to renew (a pure function of now, validity and policy), retry backoff.
+//! - [`clock`]: the agent's clock (the system clock, or one a test moves).
+//! - [`values`]: durations, file modes, cron schedules, and the `Problem` a validation reports.
 //! - [`install`]: verify before swap, atomic durable install of cert/chain/key, rollback.
 //! - [`reload`]: after an install: hooks, server config test and reload, the served-certificate
 //!   check over TLS, rollback.
@@ -16,6 +18,7 @@
 //! - [`metrics`]: Prometheus metrics, the readiness latch, `/metrics` `/healthz` `/readyz`.
 
 pub mod agent;
+pub mod clock;
 pub mod cloud;
 pub mod config;
 pub mod deploy;
@@ -23,5 +26,7 @@ pub mod emulator;
 pub mod install;
 pub mod metrics;
 pub mod pki;
+pub mod policy;
 pub mod reload;
 pub mod systemd;
+pub mod values;

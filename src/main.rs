@@ -10,9 +10,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 
-use ccm_agent::agent::clock::Clock;
 use ccm_agent::agent::daemon::{self, RunOptions, StatusFile};
 use ccm_agent::agent::renew::{Action, CheckOptions};
+use ccm_agent::clock::Clock;
 use ccm_agent::cloud::Secret;
 use ccm_agent::config::{CertificateSource, Config, LogFormat};
 use ccm_agent::emulator::{Emulator, EmulatorConfig};

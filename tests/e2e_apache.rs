@@ -21,9 +21,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ccm_agent::agent::clock::Clock;
 use ccm_agent::agent::daemon::{Agent, PassError};
 use ccm_agent::agent::renew::CheckOptions;
+use ccm_agent::clock::Clock;
 use ccm_agent::config::Config;
 use ccm_agent::emulator::{Emulator, EmulatorConfig};
 use ccm_agent::metrics::{Metrics, Readiness};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use ccm_agent::agent::clock::Clock;
+use ccm_agent::clock::Clock;
 use ccm_agent::cloud::{Client, Credentials, Endpoints, Request, RetryPolicy, Service};
 use ccm_agent::emulator::faults::FaultRule;
 use ccm_agent::emulator::{Emulator, EmulatorConfig};

@@ -15,8 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ccm_agent::agent::clock::Clock;
 use ccm_agent::agent::daemon::{self, RunOptions};
+use ccm_agent::clock::Clock;
 use ccm_agent::cloud::Credentials;
 use ccm_agent::config::Config;
 use ccm_agent::emulator::{Emulator, EmulatorConfig};

@@ -15,9 +15,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ccm_agent::agent::clock::Clock;
 use ccm_agent::agent::journal::{IssueMode, Journal, Phase};
 use ccm_agent::agent::renew::{Action, CheckOptions, CheckReport, RenewError, Renewer};
+use ccm_agent::clock::Clock;
 use ccm_agent::cloud::pca::Validity;
 use ccm_agent::cloud::pca::cert::{
     ApplyCertificateRequest, CertificateStatus, CsrCertificateRequest, ExportType,

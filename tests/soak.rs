@@ -36,9 +36,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ccm_agent::agent::clock::Clock;
 use ccm_agent::agent::daemon::{self, RunOptions, StatusFile};
 use ccm_agent::agent::journal::Journal;
+use ccm_agent::clock::Clock;
 use ccm_agent::cloud::Credentials;
 use ccm_agent::config::Config;
 use ccm_agent::emulator::{Emulator, EmulatorConfig, FaultRule, Shared};

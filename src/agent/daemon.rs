@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::clock::Clock;
 use super::renew::{CheckOptions, CheckReport, RenewError, Renewer};
+use crate::clock::Clock;
 use crate::cloud::{Client, Credentials};
 use crate::config::{CertificateSource, Config, ManagedCertificate};
 use crate::metrics::{CertificateFacts, Metrics, Readiness};
@@ -641,7 +641,7 @@ impl Agent {
         let failures = {
             let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
             let failures = backoff.get(&cert.name).map(|(n, _)| n + 1).unwrap_or(1);
-            let delay = super::plan::retry_delay(
+            let delay = crate::policy::retry_delay(
                 failures,
                 self.config().agent.retry_initial,
                 self.config().agent.retry_max,

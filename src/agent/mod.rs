@@ -1,7 +1,6 @@
-//! The daemon side: what to renew and when ([`plan`]), the issuance journal, the watch loop.
+//! The daemon side: the issuance journal, renewing one certificate ([`renew`]) and the watch
+//! loop ([`daemon`]). When to renew is [`crate::policy`]; the clock is [`crate::clock`].
 
-pub mod clock;
 pub mod daemon;
 pub mod journal;
-pub mod plan;
 pub mod renew;

@@ -8,7 +8,6 @@
 
 pub mod env;
 pub mod raw;
-pub mod values;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,10 +15,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-pub use values::{Schedule, format_duration, parse_duration, parse_mode};
+pub use crate::values::{Problem, Schedule, format_duration, parse_duration, parse_mode};
 
-use crate::agent::plan::{self, RenewPoint, RenewPolicy};
 use crate::cloud::{AkSk, Credentials, Endpoints, PasswordIdentity, Secret};
+use crate::policy::{self, RenewPoint, RenewPolicy};
 use raw::{RawAuth, RawCertificate, RawConfig, RawOutput, RawPca, RawRenew};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ccm-agent";
@@ -49,26 +48,6 @@ const MAX_SECRET_FILE: u64 = 64 * 1024;
 // ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------
-
-/// One thing wrong with the configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// The key path, like `certificates[2].pca.key_algorithm`; empty for the whole file.
-    pub key: String,
-    pub message: String,
-    /// 1-based line and column, when known (TOML syntax and type errors).
-    pub position: Option<(usize, usize)>,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.key, self.message)
-        }
-    }
-}
 
 /// Everything wrong with a configuration file, naming the file and each key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -576,6 +555,18 @@ pub struct Output {
     pub mode: u32,
     /// Mode of the key and PKCS#12 files.
     pub key_mode: u32,
+}
+
+/// The configured output files, as the reload hooks' environment names them.
+impl From<&Output> for crate::reload::InstalledPaths {
+    fn from(o: &Output) -> Self {
+        crate::reload::InstalledPaths {
+            cert: o.cert.clone(),
+            chain: o.chain.clone(),
+            fullchain: o.fullchain.clone(),
+            key: Some(o.key.clone()),
+        }
+    }
 }
 
 impl Output {
@@ -1210,12 +1201,12 @@ fn check_renew(c: &mut Checker, prefix: &str, r: &RawRenew) -> PartialRenew {
         (None, None) => None,
     };
     let jitter = r.jitter.and_then(|j| {
-        if (0.0..=plan::MAX_JITTER).contains(&j) {
+        if (0.0..=policy::MAX_JITTER).contains(&j) {
             Some(j)
         } else {
             c.err(
                 key("jitter"),
-                format!("{j} is not between 0 and {}", plan::MAX_JITTER),
+                format!("{j} is not between 0 and {}", policy::MAX_JITTER),
             );
             None
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::cloud::scm::{self, TargetService};
-use crate::config::{Problem, parse_duration};
+use crate::values::{Problem, parse_duration};
 
 /// Attempts per region/resource within one run, the first included.
 pub const DEFAULT_ATTEMPTS: u32 = 3;

@@ -733,7 +733,7 @@ pub async fn deploy_certificate(
 }
 
 fn retry_delay(failures: u32, r: &DeployRetry) -> Duration {
-    crate::agent::plan::retry_delay(failures, r.initial, r.max, &mut rand::rng())
+    crate::policy::retry_delay(failures, r.initial, r.max, &mut rand::rng())
 }
 
 /// Find or import the SCM copy of the current certificate; record it (and the copy it

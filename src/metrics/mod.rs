@@ -72,7 +72,7 @@ use prometheus::{
 };
 use time::OffsetDateTime;
 
-use crate::agent::clock::Clock;
+use crate::clock::Clock;
 use crate::cloud::{Observer, Service};
 use crate::pki::{CertInfo, DistinguishedName};
 

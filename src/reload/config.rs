@@ -12,7 +12,7 @@ use super::{
     DEFAULT_NGINX_BINARY, Hooks, NginxAction, ReloadAction, ReloadPlan, SignalName, SystemdMode,
     VerifyEndpoint,
 };
-use crate::config::{Problem, format_duration, parse_duration};
+use crate::values::{Problem, format_duration, parse_duration};
 
 /// Longest time limit of a reload command or hook.
 pub const MAX_ACTION_TIMEOUT: Duration = Duration::from_secs(3600);

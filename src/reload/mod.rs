@@ -461,17 +461,6 @@ pub struct InstalledPaths {
     pub key: Option<PathBuf>,
 }
 
-impl From<&crate::config::Output> for InstalledPaths {
-    fn from(o: &crate::config::Output) -> Self {
-        InstalledPaths {
-            cert: o.cert.clone(),
-            chain: o.chain.clone(),
-            fullchain: o.fullchain.clone(),
-            key: Some(o.key.clone()),
-        }
-    }
-}
-
 impl From<&crate::install::OutputPaths> for InstalledPaths {
     fn from(o: &crate::install::OutputPaths) -> Self {
         InstalledPaths {
@@ -738,7 +727,7 @@ pub fn hook_env(ctx: &ChangeContext, hook: &str, result: Option<bool>) -> Vec<(S
 /// change, in order, one line each.
 pub fn describe(plan: &ReloadPlan) -> Vec<String> {
     let mut lines = Vec::new();
-    let t = |d: Duration| crate::config::format_duration(d);
+    let t = |d: Duration| crate::values::format_duration(d);
     for h in &plan.hooks.pre {
         lines.push(format!(
             "pre hook: `{h}` (time limit {})",
@@ -1053,7 +1042,7 @@ impl Runner<'_> {
         } else {
             Err(format!(
                 "expected the {which} certificate {expected} within {}: {}",
-                crate::config::format_duration(plan.verify_timeout),
+                crate::values::format_duration(plan.verify_timeout),
                 wrong.join("; ")
             ))
         };

@@ -8,7 +8,7 @@
 //!   issued id; after an unknown-outcome create, reconcile by listing before issuing again).
 //!   Then: a missing, unreadable, mismatched or replaced file set is re-installed from the last
 //!   good copy kept in the state directory (or the cloud); a certificate that is due
-//!   ([`plan::decide`] with this host's [`plan::jitter_unit`]), revoked in PCA, or no longer
+//!   ([`policy::decide`] with this host's [`policy::jitter_unit`]), revoked in PCA, or no longer
 //!   matching the configuration (CA, mode, names) is renewed. Superseded certificates are revoked
 //!   (reason SUPERSEDED) once their grace period has passed; a failed revocation is a warning.
 //!   Whether the installed certificate was revoked comes from the pass's one listing of revoked
@@ -46,9 +46,8 @@ use time::OffsetDateTime;
 pub use error::RenewError;
 pub use scm::{SCM_EXPIRED_DAYS_SINCE, ScmCandidates};
 
-use crate::agent::clock::Clock;
 use crate::agent::journal::Journal;
-use crate::agent::plan;
+use crate::clock::Clock;
 use crate::cloud::{Client, Secret};
 use crate::config::{CertificateSource, ManagedCertificate, Owner, SecretSource};
 use crate::install::{
@@ -56,6 +55,7 @@ use crate::install::{
     Principal, Role, StateDir, VerifiedBundle,
 };
 use crate::pki;
+use crate::policy;
 use record::{CertRecord, Records};
 
 /// How a check runs.
@@ -299,7 +299,7 @@ impl Renewer {
     }
 
     fn jitter_unit(&self, name: &str) -> f64 {
-        plan::jitter_unit(&self.host_id, name)
+        policy::jitter_unit(&self.host_id, name)
     }
 
     /// Where the files go; parts the configuration leaves out go under the state directory.

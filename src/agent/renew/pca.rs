@@ -17,7 +17,6 @@ use std::collections::HashSet;
 use super::record::{CertRecord, Superseded};
 use super::{Action, CheckOptions, CheckReport, PlannedStep, RenewError, Renewer, describe_disk};
 use crate::agent::journal::{IssueMode, Pending};
-use crate::agent::plan::{self, Decision, Lifetime};
 use crate::cloud::CloudError;
 use crate::cloud::pca::ca::CaStatus;
 use crate::cloud::pca::cert::{
@@ -30,6 +29,7 @@ use crate::config::{
 };
 use crate::install::{self, Candidate, InstalledState};
 use crate::pki;
+use crate::policy::{self, Decision, Lifetime};
 
 /// How far before the journaled request time a reconciled certificate may have been created
 /// (clock skew between this host and PCA).
@@ -312,7 +312,7 @@ impl Renewer {
             }
         }
         let lifetime = Lifetime::new(installed.not_before, installed.not_after);
-        match plan::decide(
+        match policy::decide(
             self.now(),
             &lifetime,
             &cert.renew,
@@ -338,7 +338,7 @@ impl Renewer {
         cert: &ManagedCertificate,
         leaf: &pki::CertInfo,
     ) -> Option<time::OffsetDateTime> {
-        match plan::decide(
+        match policy::decide(
             self.now(),
             &Lifetime::new(leaf.not_before, leaf.not_after),
             &cert.renew,
@@ -889,7 +889,7 @@ impl Renewer {
                 report.install_changed = outcome.changed;
                 report.installed = self.summary(cert);
                 let due = match &report.installed {
-                    Some(s) => match plan::decide(
+                    Some(s) => match policy::decide(
                         self.now(),
                         &Lifetime::new(s.not_before, s.not_after),
                         &cert.renew,

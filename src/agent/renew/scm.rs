@@ -19,11 +19,11 @@ use time::OffsetDateTime;
 
 use super::record::CertRecord;
 use super::{Action, CheckOptions, CheckReport, PlannedStep, RenewError, Renewer, describe_disk};
-use crate::agent::plan::{self, Decision, Lifetime};
 use crate::cloud::CloudError;
 use crate::cloud::scm::{CertificateSummary, ListCertificatesQuery, SortDir, SortKey};
 use crate::config::{CertificateSource, ManagedCertificate, ScmSelector};
 use crate::install::{self, Candidate, InstalledState};
+use crate::policy::{self, Decision, Lifetime};
 
 /// The list window: certificates still valid or expired at most this many days ago.
 pub const SCM_EXPIRED_DAYS_SINCE: u32 = 30;
@@ -379,7 +379,7 @@ impl Renewer {
         };
         if let Some(na) = na {
             let lifetime = Lifetime::new(nb.unwrap_or(now), na);
-            match plan::decide(now, &lifetime, &cert.renew, self.jitter_unit(name)) {
+            match policy::decide(now, &lifetime, &cert.renew, self.jitter_unit(name)) {
                 Decision::Wait { until } => report.next_renewal = Some(until),
                 Decision::Renew { reason } => {
                     let msg = format!(

@@ -1,10 +1,32 @@
-//! Small value types of the configuration: durations ("30d", "1h30m"), file modes ("0600") and
-//! cron schedules (validated with the parser tokio-cron-scheduler 0.15 uses).
+//! Small value types shared by the configuration and the modules whose settings it validates
+//! (reload, deploy): durations ("30d", "1h30m"), file modes ("0600"), cron schedules (validated
+//! with the parser tokio-cron-scheduler 0.15 uses), and the [`Problem`] a validation reports.
+//! A leaf: it imports no other module of the crate.
 
 use std::fmt;
 use std::time::Duration;
 
 use time::OffsetDateTime;
+
+/// One thing wrong with the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The key path, like `certificates[2].pca.key_algorithm`; empty for the whole file.
+    pub key: String,
+    pub message: String,
+    /// 1-based line and column, when known (TOML syntax and type errors).
+    pub position: Option<(usize, usize)>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
 
 /// Parse a duration written as one or more `<integer><unit>` parts: `w` (weeks), `d`, `h`, `m`
 /// (minutes), `s`, `ms`; for example `30d`, `12h`, `90m`, `1h30m`, `500ms`.

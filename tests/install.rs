@@ -867,7 +867,7 @@ fn journal_survives_a_crash_and_returns_the_recorded_id() {
     let local_key = key().to_pem();
     {
         let j = Journal::open(state.journal_dir()).unwrap();
-        j.begin_issue("web", IssueMode::Csr, Some(&local_key), NOW)
+        j.begin_issue("web", IssueMode::Csr, Some(&local_key), None, NOW)
             .unwrap();
         // Crash: dropped without record_issued.
     }

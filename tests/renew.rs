@@ -118,6 +118,11 @@ fn parse_config(text: &str) -> ManagedCertificate {
 /// A PCA certificate: 30 days, renewed at half its life, no jitter, superseded ones revoked
 /// after an hour.
 fn pca_cert(e: &Env, name: &str, mode: &str) -> ManagedCertificate {
+    pca_cert_with_sans(e, name, mode, &format!(r#""dns:{CN}", "ip:10.0.0.1""#))
+}
+
+/// [`pca_cert`] with other SANs (written as the TOML array's items).
+fn pca_cert_with_sans(e: &Env, name: &str, mode: &str, sans: &str) -> ManagedCertificate {
     parse_config(&format!(
         r#"
 [[certificates]]
@@ -130,7 +135,7 @@ mode = "{mode}"
 key_algorithm = "EC256"
 validity = {{ type = "DAY", value = 30 }}
 subject = {{ common_name = "{CN}", organization = "Renew Tests" }}
-sans = ["dns:{CN}", "ip:10.0.0.1"]
+sans = [{sans}]
 extended_key_usage = ["server_auth"]
 revoke_superseded = true
 revoke_grace = "1h"
@@ -1142,7 +1147,13 @@ async fn lost_answer_is_reconciled_by_listing_and_adopted() {
     // The request went out (journaled with its key), PCA issued, the answer was lost.
     let key = pki::generate_key(pki::KeyAlgorithm::Ec256).unwrap();
     journal
-        .begin_issue("web", IssueMode::Csr, Some(&key.to_pem()), e.shared.now())
+        .begin_issue(
+            "web",
+            IssueMode::Csr,
+            Some(&key.to_pem()),
+            None,
+            e.shared.now(),
+        )
         .unwrap();
     let lost = e
         .client
@@ -1796,4 +1807,125 @@ async fn a_certificate_not_valid_yet_by_this_hosts_clock_is_a_warning() {
         "{}",
         w[0]
     );
+}
+
+/// The certificate `pca_cert` configures, with one more SAN.
+fn pca_cert_with_extra_san(e: &Env, name: &str) -> ManagedCertificate {
+    pca_cert_with_sans(
+        e,
+        name,
+        "csr",
+        &format!(r#""dns:{CN}", "ip:10.0.0.1", "dns:extra.internal""#),
+    )
+}
+
+/// Issues `cert` with its export failing, so the issued certificate stays pending in the journal;
+/// returns its id.
+async fn leave_pending(e: &Env, cert: &ManagedCertificate) -> String {
+    e.shared.add_fault(FaultRule::error(
+        "pca.export_certificate",
+        500,
+        "PCA.00000001",
+    ));
+    let err = e.renewer.check(cert, force()).await.unwrap_err();
+    assert_eq!(err.kind(), "api");
+    e.shared.clear_faults();
+    let journal = Journal::open(StateDir::new(&e.state).journal_dir()).unwrap();
+    let p = journal.pending(&cert.name).unwrap().unwrap();
+    assert_eq!(p.phase, Phase::Issued);
+    p.cloud_certificate_id.unwrap()
+}
+
+/// After the pending certificate was given up: a new one covers the new name, the old one is
+/// revoked, the journal is clear, and a second check does nothing.
+async fn assert_abandoned_and_reissued(e: &Env, cert: &ManagedCertificate, pending_id: &str) {
+    let r = e
+        .renewer
+        .check(cert, CheckOptions::default())
+        .await
+        .unwrap();
+    let new_id = cloud_id(&r);
+    assert_ne!(new_id, pending_id);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("abandoned")
+            && w.contains(pending_id)
+            && w.contains("extra.internal")),
+        "{:?}",
+        r.warnings
+    );
+    let pem = fs::read_to_string(paths(e).cert).unwrap();
+    let info = pki::parse_cert(&pem).unwrap();
+    assert!(
+        info.sans
+            .iter()
+            .any(|n| *n == pki::SubjectAltName::Dns("extra.internal".into())),
+        "{:?}",
+        info.sans
+    );
+    let journal = Journal::open(StateDir::new(&e.state).journal_dir()).unwrap();
+    assert!(journal.pending(&cert.name).unwrap().is_none());
+    assert_eq!(
+        e.client
+            .show_private_certificate(pending_id)
+            .await
+            .unwrap()
+            .status,
+        CertificateStatus::Revoked,
+        "revoke_superseded is on: the abandoned certificate is revoked"
+    );
+    let again = e
+        .renewer
+        .check(cert, CheckOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(again.action, Action::None);
+    assert_eq!(
+        e.renewer.check(cert, force()).await.map(|_| ()).ok(),
+        Some(())
+    );
+}
+
+#[tokio::test]
+async fn a_pending_certificate_that_no_longer_fits_the_configuration_is_abandoned() {
+    let e = env().await;
+    let pending_id = leave_pending(&e, &pca_cert(&e, "web", "csr")).await;
+    // The configuration gains a SAN while the issued certificate is still pending.
+    let cert = pca_cert_with_extra_san(&e, "web");
+    // A dry run says what it would do and changes nothing.
+    let dry = e
+        .renewer
+        .check(
+            &cert,
+            CheckOptions {
+                force: false,
+                dry_run: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        dry.warnings.iter().any(|w| w.contains("would abandon")),
+        "{:?}",
+        dry.warnings
+    );
+    let journal = Journal::open(StateDir::new(&e.state).journal_dir()).unwrap();
+    assert!(journal.pending("web").unwrap().is_some());
+    let csr_before = csr_count(&e);
+    assert_abandoned_and_reissued(&e, &cert, &pending_id).await;
+    assert!(csr_count(&e) > csr_before);
+}
+
+#[tokio::test]
+async fn a_pending_entry_from_an_older_version_that_no_longer_fits_is_abandoned() {
+    let e = env().await;
+    let pending_id = leave_pending(&e, &pca_cert(&e, "web", "csr")).await;
+    // An entry written before the journal recorded what was requested.
+    let journal = Journal::open(StateDir::new(&e.state).journal_dir()).unwrap();
+    let entry = journal.dir().join("web.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&entry).unwrap()).unwrap();
+    assert!(json.as_object_mut().unwrap().remove("request").is_some());
+    fs::write(&entry, serde_json::to_vec(&json).unwrap()).unwrap();
+    assert!(journal.pending("web").unwrap().unwrap().request.is_none());
+    let cert = pca_cert_with_extra_san(&e, "web");
+    assert_abandoned_and_reissued(&e, &cert, &pending_id).await;
 }

@@ -58,6 +58,43 @@ pub enum Phase {
     Issued,
 }
 
+/// What an issuance was requested for, kept in its journal entry: a pending certificate that no
+/// longer fits the configuration (another CA, key algorithm or set of names) is abandoned
+/// instead of adopted, so a changed configuration never blocks on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedFor {
+    pub ca_id: String,
+    /// The API's name (`RSA2048`, `EC256`, ...).
+    pub key_algorithm: String,
+    /// The names the certificate must cover, sorted.
+    pub names: Vec<String>,
+}
+
+impl IssuedFor {
+    /// How `self` (what was requested) differs from `now` (what the configuration asks), in
+    /// words; `None` when it still fits.
+    pub fn misfit(&self, now: &IssuedFor) -> Option<String> {
+        let mut why = Vec::new();
+        if self.ca_id != now.ca_id {
+            why.push(format!("CA {} (now {})", self.ca_id, now.ca_id));
+        }
+        if !self.key_algorithm.eq_ignore_ascii_case(&now.key_algorithm) {
+            why.push(format!(
+                "key algorithm {} (now {})",
+                self.key_algorithm, now.key_algorithm
+            ));
+        }
+        if self.names != now.names {
+            why.push(format!(
+                "names {} (now {})",
+                self.names.join(","),
+                now.names.join(",")
+            ));
+        }
+        (!why.is_empty()).then(|| format!("it was requested for {}", why.join(", ")))
+    }
+}
+
 /// An in-flight issuance found in the journal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
@@ -72,6 +109,9 @@ pub struct Pending {
     pub key_path: Option<PathBuf>,
     /// Set once the cloud returned it.
     pub cloud_certificate_id: Option<String>,
+    /// What was requested (absent in entries written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<IssuedFor>,
 }
 
 impl Pending {
@@ -180,6 +220,7 @@ impl Journal {
         name: &str,
         mode: IssueMode,
         local_key_pem: Option<&str>,
+        request: Option<IssuedFor>,
         now: OffsetDateTime,
     ) -> Result<IssueTicket, JournalError> {
         if let Some(p) = self.pending(name)? {
@@ -210,6 +251,7 @@ impl Journal {
             requested_at: now,
             key_path: key_path.clone(),
             cloud_certificate_id: None,
+            request,
         };
         self.write(&entry)?;
         Ok(IssueTicket {
@@ -351,7 +393,7 @@ mod tests {
         let j = Journal::open(dir.path().join("journal")).expect("open");
         let now = datetime!(2026-05-01 10:00 UTC);
         let t = j
-            .begin_issue("www/a", IssueMode::Csr, Some("KEY PEM\n"), now)
+            .begin_issue("www/a", IssueMode::Csr, Some("KEY PEM\n"), None, now)
             .expect("begin");
         let key_path = t.key_path.clone().expect("key path");
         let mode = std::fs::metadata(&key_path)
@@ -367,7 +409,7 @@ mod tests {
         assert_eq!(p.requested_at, now);
         assert_eq!(p.load_key().expect("key").as_deref(), Some("KEY PEM\n"));
         assert!(matches!(
-            j2.begin_issue("www/a", IssueMode::Csr, Some("OTHER"), now),
+            j2.begin_issue("www/a", IssueMode::Csr, Some("OTHER"), None, now),
             Err(JournalError::AlreadyPending { .. })
         ));
 
@@ -396,7 +438,7 @@ mod tests {
         let j = Journal::open(dir.path()).expect("open");
         let now = datetime!(2026-05-01 10:00 UTC);
         assert!(matches!(
-            j.begin_issue("a", IssueMode::Csr, None, now),
+            j.begin_issue("a", IssueMode::Csr, None, None, now),
             Err(JournalError::MissingKey { .. })
         ));
         std::fs::write(dir.path().join("a.json"), b"{not json").expect("write");

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 
 use super::record::{CertRecord, Superseded};
 use super::{Action, CheckOptions, CheckReport, PlannedStep, RenewError, Renewer, describe_disk};
-use crate::agent::journal::{IssueMode, Pending};
+use crate::agent::journal::{IssueMode, IssuedFor, Pending};
 use crate::cloud::CloudError;
 use crate::cloud::pca::ca::CaStatus;
 use crate::cloud::pca::cert::{
@@ -76,6 +76,31 @@ fn required_names(src: &PcaSource) -> Vec<String> {
     } else {
         names
     }
+}
+
+/// What a request for `src` asks for, as the journal records it.
+fn issued_for(src: &PcaSource) -> IssuedFor {
+    let mut names = required_names(src);
+    names.sort();
+    names.dedup();
+    IssuedFor {
+        ca_id: src.ca_id.clone(),
+        key_algorithm: src.key_algorithm.as_str().to_string(),
+        names,
+    }
+}
+
+/// Why a pending issuance can no longer be adopted for `src`: another mode, or (when the entry
+/// records it) another CA, key algorithm or set of names. `None` when it still fits.
+fn pending_misfit(p: &Pending, src: &PcaSource) -> Option<String> {
+    if p.mode != issue_mode(src.mode) {
+        return Some(format!(
+            "it was requested in {:?} mode and the certificate is now configured for {} mode",
+            p.mode,
+            mode_str(src.mode)
+        ));
+    }
+    p.request.as_ref()?.misfit(&issued_for(src))
 }
 
 fn api_sans(src: &PcaSource) -> Vec<SubjectAlternativeName> {
@@ -158,7 +183,8 @@ impl Renewer {
             .pending(name)
             .map_err(|e| RenewError::journal(name, e))?
         {
-            if opts.dry_run {
+            let misfit = pending_misfit(&p, src);
+            if opts.dry_run && misfit.is_none() {
                 let mut steps = vec![PlannedStep(match &p.cloud_certificate_id {
                     Some(id) => format!(
                         "adopt certificate {id} issued by an earlier run (journal ticket {})",
@@ -177,18 +203,19 @@ impl Renewer {
                 report.installed = self.summary(cert);
                 return Ok(report);
             }
-            if p.mode == issue_mode(src.mode) {
-                return self.finish_pending(cert, src, p, report).await;
+            match misfit {
+                None => return self.finish_pending(cert, src, p, report).await,
+                Some(why) if opts.dry_run => {
+                    report.warnings.push(format!(
+                        "would abandon the pending issuance (journal ticket {}): {why}",
+                        p.ticket
+                    ));
+                }
+                Some(why) => {
+                    self.abandon_misfit(cert, src, &p, &why, &mut report)
+                        .await?
+                }
             }
-            report.warnings.push(format!(
-                "abandoned the pending {:?}-mode issuance (ticket {}): the certificate is now configured for {} mode",
-                p.mode,
-                p.ticket,
-                mode_str(src.mode)
-            ));
-            self.journal
-                .abandon(name)
-                .map_err(|e| RenewError::journal(name, e))?;
         }
 
         let mut record = self.records.load(name)?;
@@ -507,7 +534,13 @@ impl Renewer {
                     detail: format!("building the CSR: {e}"),
                 })?;
                 self.journal
-                    .begin_issue(name, IssueMode::Csr, Some(&key_pem), now)
+                    .begin_issue(
+                        name,
+                        IssueMode::Csr,
+                        Some(&key_pem),
+                        Some(issued_for(src)),
+                        now,
+                    )
                     .map_err(|e| RenewError::journal(name, e))?;
                 let body = CsrCertificateRequest::new(&src.ca_id, csr, src.validity.to_api());
                 let r = self.client.issue_private_certificate_by_csr(&body).await;
@@ -515,7 +548,7 @@ impl Renewer {
             }
             PcaMode::Apply => {
                 self.journal
-                    .begin_issue(name, IssueMode::Apply, None, now)
+                    .begin_issue(name, IssueMode::Apply, None, Some(issued_for(src)), now)
                     .map_err(|e| RenewError::journal(name, e))?;
                 let r = self
                     .client
@@ -681,6 +714,52 @@ impl Renewer {
         Ok(report)
     }
 
+    /// Gives up a pending issuance that no longer fits the configuration (see
+    /// [`pending_misfit`]): logged and reported, its certificate revoked when superseded
+    /// certificates are revoked (a failed revocation is a warning), and the journal entry
+    /// cleared so that a new certificate is issued.
+    async fn abandon_misfit(
+        &self,
+        cert: &ManagedCertificate,
+        src: &PcaSource,
+        p: &Pending,
+        why: &str,
+        report: &mut CheckReport,
+    ) -> Result<(), RenewError> {
+        let name = cert.name.as_str();
+        let what = match &p.cloud_certificate_id {
+            Some(id) => format!("certificate {id}"),
+            None => "the issuance".to_string(),
+        };
+        tracing::warn!(
+            certificate = %name, ticket = %p.ticket, reason = %why,
+            "abandoning a pending issuance that no longer fits the configuration"
+        );
+        report.warnings.push(format!(
+            "abandoned the pending {what} (journal ticket {}): {why}; issuing a new one",
+            p.ticket
+        ));
+        if let Some(id) = &p.cloud_certificate_id
+            && src.revoke_superseded_after.is_some()
+        {
+            match self
+                .client
+                .revoke_private_certificate(id, Some(RevokeReason::Superseded))
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(certificate = %name, certificate_id = %id, "revoked the abandoned certificate")
+                }
+                Err(e) => report.warnings.push(format!(
+                    "could not revoke the abandoned certificate {id}: {e}"
+                )),
+            }
+        }
+        self.journal
+            .abandon(name)
+            .map_err(|e| RenewError::journal(name, e))
+    }
+
     /// Finishes an issuance an earlier run began.
     async fn finish_pending(
         &self,
@@ -702,6 +781,23 @@ impl Renewer {
                         ) =>
                     {
                         Some(format!("it is {}", c.status.as_str()))
+                    }
+                    // An entry written before journal entries recorded their request: compare
+                    // what the listing says.
+                    Ok(c)
+                        if p.request.is_none()
+                            && (c.issuer_id.as_deref().is_some_and(|i| i != src.ca_id)
+                                || c.key_algorithm.as_deref().is_some_and(|a| {
+                                    !a.eq_ignore_ascii_case(src.key_algorithm.as_str())
+                                })) =>
+                    {
+                        Some(format!(
+                            "it was issued by CA {} with key algorithm {}, and the configuration now asks for CA {} with {}",
+                            c.issuer_id.as_deref().unwrap_or("?"),
+                            c.key_algorithm.as_deref().unwrap_or("?"),
+                            src.ca_id,
+                            src.key_algorithm.as_str()
+                        ))
                     }
                     Ok(_) => None,
                     Err(e) if e.status() == Some(404) => Some("it no longer exists".to_string()),
@@ -772,8 +868,42 @@ impl Renewer {
         report.action = Action::Renewed {
             cloud_id: id.clone(),
         };
-        self.adopt(cert, src, &id, key_pem, anchor, record, report)
+        let legacy = p.request.is_none();
+        let before = (record.clone(), report.clone());
+        match self
+            .adopt(cert, src, &id, key_pem, anchor, record, report)
             .await
+        {
+            // An entry written before entries recorded their request, for names the
+            // configuration has changed since: give it up rather than fail on it forever.
+            Err(RenewError::Install { source, .. })
+                if legacy
+                    && matches!(
+                        source.as_ref(),
+                        install::InstallError::Rejected {
+                            reason: install::Rejection::NamesNotCovered { .. },
+                            ..
+                        }
+                    ) =>
+            {
+                let (record, mut report) = before;
+                let why =
+                    format!("certificate {id} does not cover the configured names ({source})");
+                self.abandon_misfit(cert, src, &p, &why, &mut report)
+                    .await?;
+                report.action = Action::None;
+                self.issue(
+                    cert,
+                    src,
+                    record,
+                    "the pending certificate no longer fits",
+                    report,
+                    None,
+                )
+                .await
+            }
+            other => other,
+        }
     }
 
     /// Looks for the certificate a lost create call made (see the module doc).

@@ -341,22 +341,26 @@ fn renew(config: Config, args: RenewArgs) -> ExitCode {
     };
     block_on(async move {
         let client = daemon::build_client(&config, credentials, None)?;
-        std::fs::create_dir_all(&config.agent.state_dir).with_context(|| {
-            format!(
-                "agent.state_dir: creating {}",
-                config.agent.state_dir.display()
-            )
-        })?;
-        // A running daemon holds the state lock; renewing beside it would race its checks.
-        let _lock = if args.dry_run {
-            None
+        // A running daemon holds the state lock; renewing beside it would race its checks. A
+        // dry run takes no lock and creates nothing.
+        let (_lock, open): (_, fn(_, _, _, _, _) -> _) = if args.dry_run {
+            (None, daemon::Agent::read_only)
         } else {
-            Some(daemon::StateLock::acquire(
-                &config.agent.state_dir,
-                "renew",
-            )?)
+            std::fs::create_dir_all(&config.agent.state_dir).with_context(|| {
+                format!(
+                    "agent.state_dir: creating {}",
+                    config.agent.state_dir.display()
+                )
+            })?;
+            (
+                Some(daemon::StateLock::acquire(
+                    &config.agent.state_dir,
+                    "renew",
+                )?),
+                daemon::Agent::new,
+            )
         };
-        let agent = std::sync::Arc::new(daemon::Agent::new(
+        let agent = std::sync::Arc::new(open(
             std::sync::Arc::new(config.clone()),
             client,
             ccm_agent::metrics::Metrics::new(),

@@ -874,3 +874,138 @@ fn renew_does_not_race_a_running_daemon() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Every file and directory under `root`: path, mode, contents (directories: none), inode.
+fn tree(root: &Path) -> Vec<(PathBuf, u32, Option<Vec<u8>>, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&p).expect("read_dir") {
+                stack.push(entry.expect("entry").path());
+            }
+            out.push((p, meta.mode(), None, meta.ino()));
+        } else {
+            out.push((
+                p.clone(),
+                meta.mode(),
+                Some(std::fs::read(&p).expect("read")),
+                meta.ino(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `renew --dry-run` changes nothing: on a fresh host it creates no state directory (nor the
+/// journal in it), and with an interrupted install waiting in `txn/` it completes nothing (it
+/// says the next real run will).
+#[test]
+fn renew_dry_run_creates_moves_and_deletes_nothing() {
+    use ccm_agent::cloud::pca::Validity;
+    use ccm_agent::cloud::pca::cert::{
+        ApplyCertificateRequest, ExportType, SubjectAlternativeName,
+    };
+    use ccm_agent::install::{self, Candidate, Expectations, FileSpec, OutputPaths, StateDir};
+
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let (emu, ca_id) = rt.block_on(emulator_with_ca());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), &emu, &ca_id, "127.0.0.1:0", "0 0 * * * *");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, text).expect("write config");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let state = dir.path().join("state");
+    let live = dir.path().join("live");
+
+    // A fresh host.
+    let (code, out, err) = cli(&["renew", "--dry-run"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("would do"), "{out}");
+    assert!(!state.exists(), "the dry run created {}", state.display());
+    assert!(!live.exists(), "the dry run created {}", live.display());
+
+    // An install of web interrupted after its first rename.
+    let (code, out, err) = cli(&["renew", "web"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let client = emu.client().expect("client");
+    let candidate = rt.block_on(async {
+        let mut req = ApplyCertificateRequest::new(
+            &ca_id,
+            "web.test.internal",
+            "EC256",
+            "SHA256",
+            Validity::days(30),
+        );
+        req.subject_alternative_names = vec![
+            SubjectAlternativeName::dns("web.test.internal"),
+            SubjectAlternativeName::ip("127.0.0.1"),
+        ];
+        let id = client.apply_private_certificate(&req).await.expect("apply");
+        let x = client
+            .export_private_certificate(&id, ExportType::Other)
+            .await
+            .expect("export");
+        Candidate {
+            name: "web".into(),
+            cert_pem: x.certificate,
+            chain_pem: x.certificate_chain,
+            key_pem: x.private_key.expect("key"),
+        }
+    });
+    let bundle = install::verify_candidate(
+        &candidate,
+        &Expectations {
+            names: vec!["web.test.internal".into()],
+            trust: None,
+            now: emu.shared().now(),
+        },
+    )
+    .expect("verified");
+    let paths = OutputPaths {
+        cert: live.join("web/cert.pem"),
+        chain: live.join("web/chain.pem"),
+        fullchain: live.join("web/fullchain.pem"),
+        key: live.join("web/privkey.pem"),
+        pkcs12: None,
+    };
+    let state_dir = StateDir::new(&state);
+    install::crash::crash_at(install::crash::CrashPoint::AfterRenames(1));
+    let crashed = install::install(&bundle, &paths, &FileSpec::default(), &state_dir);
+    assert!(crashed.is_err(), "the simulated crash");
+    let txn = state_dir.cert_dir("web").join("txn");
+    assert!(txn.exists());
+
+    let before = (tree(&state), tree(&live));
+    let (code, out, err) = cli(&["renew", "--dry-run"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("interrupted"), "{out}");
+    assert_eq!(
+        (tree(&state), tree(&live)),
+        before,
+        "the dry run changed files"
+    );
+
+    // The next real run completes it.
+    let (code, out, err) = cli(&["renew", "web"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(!txn.exists());
+}

@@ -228,6 +228,8 @@ impl std::fmt::Display for CycleSummary {
 }
 
 impl Agent {
+    /// The agent of a daemon or a `renew`: opens the state directory (creating it) and
+    /// recovers interrupted installs.
     pub fn new(
         config: Arc<Config>,
         client: Client,
@@ -235,12 +237,37 @@ impl Agent {
         readiness: Readiness,
         clock: Clock,
     ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.agent.state_dir).with_context(|| {
-            format!(
-                "agent.state_dir: creating {}",
-                config.agent.state_dir.display()
-            )
-        })?;
+        Self::open(config, client, metrics, readiness, clock, false)
+    }
+
+    /// The agent of a dry run: creates, moves and deletes nothing (see
+    /// [`Renewer::read_only`]).
+    pub fn read_only(
+        config: Arc<Config>,
+        client: Client,
+        metrics: Arc<Metrics>,
+        readiness: Readiness,
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
+        Self::open(config, client, metrics, readiness, clock, true)
+    }
+
+    fn open(
+        config: Arc<Config>,
+        client: Client,
+        metrics: Arc<Metrics>,
+        readiness: Readiness,
+        clock: Clock,
+        read_only: bool,
+    ) -> anyhow::Result<Self> {
+        if !read_only {
+            std::fs::create_dir_all(&config.agent.state_dir).with_context(|| {
+                format!(
+                    "agent.state_dir: creating {}",
+                    config.agent.state_dir.display()
+                )
+            })?;
+        }
         let reload_metrics = crate::reload::metrics::ReloadMetrics::register(metrics.registry())
             .context("registering reload metrics")?;
         let deploy_metrics = prometheus::IntCounterVec::new(
@@ -254,13 +281,22 @@ impl Agent {
             .registry()
             .register(Box::new(deploy_metrics.clone()))
             .context("registering deploy metrics")?;
-        let renewer = Renewer::new(
-            client.clone(),
-            &config.agent.state_dir,
-            clock.clone(),
-            config.agent.effective_host_id(),
-        )
-        .context("opening the state directory")?;
+        let renewer = if read_only {
+            Renewer::read_only(
+                client.clone(),
+                &config.agent.state_dir,
+                clock.clone(),
+                config.agent.effective_host_id(),
+            )
+        } else {
+            Renewer::new(
+                client.clone(),
+                &config.agent.state_dir,
+                clock.clone(),
+                config.agent.effective_host_id(),
+            )
+            .context("opening the state directory")?
+        };
         let previous = StatusFile::load(&config.agent.state_dir).unwrap_or_default();
         let status = previous
             .certificates

@@ -200,6 +200,12 @@ impl Journal {
         Ok(Journal { dir })
     }
 
+    /// The journal in `dir` without creating anything: a missing directory is an empty journal
+    /// (for dry runs, which must not change the host).
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Journal { dir: dir.into() }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -184,6 +184,23 @@ impl fmt::Debug for Renewer {
 }
 
 impl Renewer {
+    /// The renewer of a dry run: reads the state directory as it is and creates, completes or
+    /// reverts nothing (a missing directory reads as empty; an interrupted install is reported
+    /// as a warning of the check, not recovered).
+    pub fn read_only(client: Client, state_dir: &Path, clock: Clock, host_id: String) -> Self {
+        Renewer {
+            client,
+            records: Records::new(state_dir),
+            state: StateDir::new(state_dir),
+            journal: Journal::at(StateDir::new(state_dir).journal_dir()),
+            clock,
+            host_id,
+            slots: Mutex::new(HashMap::new()),
+            scm_snapshot: Mutex::new(None),
+            pca_revoked: Mutex::new(None),
+        }
+    }
+
     /// Opens the state directory (creating it, 0700), the journal, and completes or reverts any
     /// install a crash interrupted ([`install::recover_each`]).
     pub fn new(
@@ -262,6 +279,15 @@ impl Renewer {
         {
             tracing::warn!(certificate = %cert.name, "{w}");
             r.warnings.push(w);
+        }
+        if opts.dry_run
+            && let Ok(r) = &mut result
+            && self.state.cert_dir(&cert.name).join("txn").exists()
+        {
+            r.warnings.push(format!(
+                "an install was interrupted ({}): the next run that is not a dry run completes or reverts it first",
+                self.state.cert_dir(&cert.name).join("txn").display()
+            ));
         }
         result
     }

@@ -371,32 +371,10 @@ fn renew(config: Config, args: RenewArgs) -> ExitCode {
             force: args.force,
             dry_run: args.dry_run,
         };
-        // Checked `agent.concurrency` at a time after the pass-wide listings, as the daemon
-        // does; reported in configuration order.
-        let selected: Vec<&ccm_agent::config::ManagedCertificate> = config
-            .certificates
-            .iter()
-            .filter(|c| args.names.is_empty() || args.names.contains(&c.name))
-            .collect();
-        agent.prefetch(&selected).await;
-        let semaphore =
-            std::sync::Arc::new(tokio::sync::Semaphore::new(config.agent.concurrency.max(1)));
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, cert) in selected.iter().enumerate() {
-            let (agent, cert, semaphore) = (agent.clone(), (*cert).clone(), semaphore.clone());
-            tasks.spawn(async move {
-                let _permit = semaphore.acquire_owned().await;
-                (i, agent.pass_and_record(&cert, opts).await)
-            });
-        }
-        let mut results = Vec::with_capacity(selected.len());
-        while let Some(joined) = tasks.join_next().await {
-            results.push(joined.context("a renewal task failed")?);
-        }
-        results.sort_by_key(|(i, _)| *i);
-        let mut failed = 0;
-        for (i, result) in results {
-            let cert = selected[i];
+        // The daemon's pass over the selected certificates: the same listings, fan-out and
+        // records, the status file written once.
+        let pass = agent.run_pass(&args.names, opts).await;
+        for (cert, result) in &pass.results {
             match result {
                 Ok(report) => {
                     match &report.action {
@@ -431,13 +409,10 @@ fn renew(config: Config, args: RenewArgs) -> ExitCode {
                         println!("{}: warning: {w}", report.name);
                     }
                 }
-                Err(e) => {
-                    failed += 1;
-                    println!("{}: FAILED ({}): {e}", cert.name, e.kind());
-                }
+                Err(e) => println!("{}: FAILED ({}): {e}", cert.name, e.kind()),
             }
         }
-        Ok(if failed > 0 {
+        Ok(if pass.summary.failed > 0 {
             ExitCode::from(EXIT_FAILURE)
         } else {
             ExitCode::SUCCESS

@@ -1009,3 +1009,82 @@ fn renew_dry_run_creates_moves_and_deletes_nothing() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(!txn.exists());
 }
+
+/// `ccm-agent renew` writes the status file once per run, as a pass of the daemon does, not
+/// once per certificate (a rewrite per certificate made a run over 1,000 certificates rename
+/// the file 1,750 times and write 70 MB).
+#[test]
+fn renew_writes_the_status_file_once() {
+    use notify::Watcher as _;
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let (emu, ca_id) = rt.block_on(emulator_with_ca());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut text = config_text(dir.path(), &emu, &ca_id, "127.0.0.1:0", "0 0 * * * *");
+    for i in 0..10 {
+        text.push_str(&format!(
+            r#"
+[[certificates]]
+name = "extra{i}"
+[certificates.pca]
+ca_id = "{ca_id}"
+sans = ["dns:extra{i}.test.internal"]
+validity = {{ type = "DAY", value = 30 }}
+"#
+        ));
+    }
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, text).expect("write config");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res {
+            let _ = tx.send(event);
+        }
+    })
+    .expect("watcher");
+    watcher
+        .watch(&state, notify::RecursiveMode::NonRecursive)
+        .expect("watch");
+    let status = state.join(daemon::STATUS_FILE);
+    // Writes of the status file: each lands by a rename onto its name (inotify's IN_MOVED_TO;
+    // notify also reports the pair as one `Both` event, not counted) or by creating it.
+    let writes = |rx: &std::sync::mpsc::Receiver<notify::Event>| {
+        use notify::event::{CreateKind, ModifyKind, RenameMode};
+        std::thread::sleep(Duration::from_millis(500));
+        rx.try_iter()
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    notify::EventKind::Create(CreateKind::File)
+                        | notify::EventKind::Modify(ModifyKind::Name(RenameMode::To))
+                ) && e.paths.contains(&status)
+            })
+            .count()
+    };
+    let renew = || {
+        let out = std::process::Command::new(bin())
+            .args(["renew", "--config"])
+            .arg(&cfg)
+            .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
+            .output()
+            .expect("run");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Twelve certificates issued, then twelve with nothing due.
+    let out = renew();
+    assert_eq!(out.matches("Renewed").count(), 12, "{out}");
+    assert_eq!(writes(&rx), 1, "status file writes while issuing");
+    let out = renew();
+    assert_eq!(out.matches("up to date").count(), 12, "{out}");
+    assert_eq!(writes(&rx), 1, "status file writes with nothing due");
+    let file = StatusFile::load(&state).expect("status");
+    assert_eq!(file.certificates.len(), 12);
+}

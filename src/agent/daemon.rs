@@ -171,8 +171,8 @@ pub struct Agent {
     readiness: Readiness,
     clock: Clock,
     status: Mutex<HashMap<String, CertStatus>>,
-    /// Held while the status file is written: checks that run concurrently each save it, and
-    /// the file is written through one fixed temp name.
+    /// Held while the status file is written (once per pass; passes can overlap when a
+    /// `renew` runs in-process beside a pass), through one fixed temp name.
     status_write: Mutex<()>,
     /// Per certificate: failures in a row and when the next attempt may run (wall time).
     backoff: Mutex<HashMap<String, (u32, Instant)>>,
@@ -225,6 +225,13 @@ impl std::fmt::Display for CycleSummary {
             self.managed, self.changed, self.failed, self.skipped_backoff, self.warnings
         )
     }
+}
+
+/// What [`Agent::run_pass`] did: the summary, and each certificate checked with its outcome,
+/// in configuration order.
+pub struct PassResults {
+    pub summary: CycleSummary,
+    pub results: Vec<(ManagedCertificate, Result<CheckReport, PassError>)>,
 }
 
 impl Agent {
@@ -370,37 +377,59 @@ impl Agent {
 
     /// Check every managed certificate once (renewing what is due), `concurrency` at a time.
     pub async fn check_all(self: &Arc<Self>, opts: CheckOptions) -> CycleSummary {
+        self.run_pass(&[], opts).await.summary
+    }
+
+    /// One pass, as the daemon and `ccm-agent renew` both run it: the certificates named in
+    /// `names` (all when empty) that are not waiting out a failure's backoff (unless forced),
+    /// after the pass-wide listings ([`Agent::prefetch`]), `concurrency` at a time; each
+    /// outcome recorded in the metrics and the status file, which is written once at the end.
+    /// A dry run records nothing. The results come back in configuration order.
+    pub async fn run_pass(self: &Arc<Self>, names: &[String], opts: CheckOptions) -> PassResults {
         let config = self.config();
         let semaphore = Arc::new(tokio::sync::Semaphore::new(config.agent.concurrency.max(1)));
+        let selected: Vec<&ManagedCertificate> = config
+            .certificates
+            .iter()
+            .filter(|c| names.is_empty() || names.contains(&c.name))
+            .collect();
         let mut summary = CycleSummary {
-            managed: config.certificates.len(),
+            managed: selected.len(),
             ..CycleSummary::default()
         };
         let now = Instant::now();
-        let due: Vec<&ManagedCertificate> = config
-            .certificates
+        let due: Vec<&ManagedCertificate> = selected
             .iter()
+            .copied()
             .filter(|c| opts.force || !self.in_backoff(&c.name, now))
             .collect();
-        summary.skipped_backoff = config.certificates.len() - due.len();
+        summary.skipped_backoff = selected.len() - due.len();
         self.prefetch(&due).await;
         let mut tasks = tokio::task::JoinSet::new();
-        for cert in due {
-            let cert = cert.clone();
+        for (i, cert) in due.iter().enumerate() {
+            let cert = (*cert).clone();
             let agent = self.clone();
             let semaphore = semaphore.clone();
             tasks.spawn(async move {
                 let _permit = semaphore.acquire_owned().await;
                 let result = agent.pass(&cert, opts).await;
-                (cert, result)
+                (i, result)
             });
         }
+        let mut results: Vec<(usize, Result<CheckReport, PassError>)> =
+            Vec::with_capacity(due.len());
         while let Some(joined) = tasks.join_next().await {
-            let Ok((cert, result)) = joined else {
-                summary.failed += 1;
-                continue;
-            };
-            match result {
+            match joined {
+                Ok(r) => results.push(r),
+                // A task that panicked: counted; its certificate is retried next pass.
+                Err(_) => summary.failed += 1,
+            }
+        }
+        results.sort_by_key(|(i, _)| *i);
+        let mut out = Vec::with_capacity(results.len());
+        for (i, result) in results {
+            let cert = due[i];
+            match &result {
                 Ok(report) => {
                     if report.install_changed {
                         summary.changed += 1;
@@ -410,19 +439,29 @@ impl Agent {
                         (a, b) => a.or(b),
                     };
                     summary.warnings += report.warnings.len();
-                    self.record_ok(&report);
+                    if !opts.dry_run {
+                        self.record_ok(report);
+                    }
                 }
                 Err(e) => {
                     summary.failed += 1;
-                    self.record_failure(&cert, &e);
+                    if !opts.dry_run {
+                        self.record_failure(cert, e);
+                    }
                 }
             }
+            out.push((cert.clone(), result));
         }
-        if summary.failed == 0 {
-            self.metrics.set_last_successful_check(self.clock.now());
+        if !opts.dry_run {
+            if summary.failed == 0 {
+                self.metrics.set_last_successful_check(self.clock.now());
+            }
+            self.save_status();
         }
-        self.save_status();
-        summary
+        PassResults {
+            summary,
+            results: out,
+        }
     }
 
     /// The pass-wide listings that stand in for per-certificate calls in the checks that follow:
@@ -697,24 +736,6 @@ impl Agent {
         entry.last_check = Some(rfc3339(self.clock.now()));
         entry.last_result = kind.to_owned();
         entry.last_error = Some(format!("{e} (failure {failures} in a row)"));
-    }
-
-    /// [`Agent::pass`], then record the outcome in the metrics and the status file, as a pass of
-    /// the daemon does (used by `ccm-agent renew`). Dry runs record nothing.
-    pub async fn pass_and_record(
-        &self,
-        cert: &ManagedCertificate,
-        opts: CheckOptions,
-    ) -> Result<CheckReport, PassError> {
-        let result = self.pass(cert, opts).await;
-        if !opts.dry_run {
-            match &result {
-                Ok(report) => self.record_ok(report),
-                Err(e) => self.record_failure(cert, e),
-            }
-            self.save_status();
-        }
-        result
     }
 
     fn save_status(&self) {

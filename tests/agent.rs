@@ -1088,3 +1088,152 @@ validity = {{ type = "DAY", value = 30 }}
     let file = StatusFile::load(&state).expect("status");
     assert_eq!(file.certificates.len(), 12);
 }
+
+/// Starts the daemon in-process on `config`, metrics on `listener`, on the emulator's clock.
+fn spawn_daemon(
+    emu: &Emulator,
+    config: Arc<Config>,
+    listener: tokio::net::TcpListener,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let shared = emu.shared().clone();
+    tokio::spawn(daemon::run(
+        config,
+        Credentials::AkSk(emu.aksk()),
+        RunOptions {
+            clock: Clock::from_fn(move || shared.now()),
+            metrics_listener: Some(listener),
+            shutdown: shutdown.clone(),
+            on_cycle: None,
+            notifier: ccm_agent::systemd::Notifier::disabled(),
+            reload_config: None,
+            config_path: None,
+        },
+    ))
+}
+
+/// Failed checks of `name` counted in a scrape.
+fn failed_checks(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("ccm_agent_checks_total{")
+                && l.contains(&format!("name=\"{name}\""))
+                && !l.contains("result=\"ok\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A restart during an outage: every API call fails, yet `/metrics` exports the certificates
+/// already installed (expiry, readiness, the x509 family), so the expiry alerts can fire; and
+/// they stay exported after the due renewal fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_export_the_installed_certificates_through_an_outage() {
+    let (emu, ca_id) = emulator_with_ca().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bind = || async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let a = l.local_addr().expect("addr").to_string();
+        (l, a)
+    };
+    let (listener, addr) = bind().await;
+    let text = config_text(dir.path(), &emu, &ca_id, &addr, "*/1 * * * * *");
+    let config = Arc::new(Config::from_str(&text, "test.toml").expect("config"));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let run = spawn_daemon(&emu, config.clone(), listener, &shutdown);
+    wait_ready(&addr).await;
+    let cert = ccm_agent::pki::parse_cert(
+        &std::fs::read_to_string(dir.path().join("live/web/cert.pem")).expect("read"),
+    )
+    .expect("parse");
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("stops")
+        .expect("join")
+        .expect("run ok");
+
+    // The outage: every call of every service fails, and both certificates are due, so every
+    // check of the restarted daemon fails (a check that is not due makes no call of its own).
+    emu.shared()
+        .add_fault(ccm_agent::emulator::FaultRule::error("*", 500, "SCM.0001"));
+    emu.shared().advance_clock(time::Duration::days(21));
+    let (listener, addr) = bind().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let run = spawn_daemon(&emu, config, listener, &shutdown);
+    let expect_exported = |metrics: &str| {
+        for name in ["web", "api"] {
+            assert!(
+                sample(
+                    metrics,
+                    "ccm_agent_certificate_not_after_timestamp_seconds",
+                    &[("name", name)]
+                )
+                .is_some(),
+                "no not_after for {name}:\n{metrics}"
+            );
+            assert_eq!(
+                sample(metrics, "ccm_agent_certificate_ready", &[("name", name)]),
+                Some(1.0),
+                "{metrics}"
+            );
+        }
+        let not_after = sample(
+            metrics,
+            "ccm_agent_certificate_not_after_timestamp_seconds",
+            &[("name", "web")],
+        );
+        assert_eq!(
+            not_after.map(|v| v as i64),
+            Some(cert.not_after.unix_timestamp())
+        );
+        assert_eq!(
+            sample(
+                metrics,
+                "x509_cert_not_after",
+                &[("subject_CN", "web.test.internal")]
+            )
+            .map(|v| v as i64),
+            Some(cert.not_after.unix_timestamp()),
+            "{metrics}"
+        );
+        assert_eq!(
+            sample(
+                metrics,
+                "x509_cert_expired",
+                &[("subject_CN", "web.test.internal")]
+            ),
+            Some(0.0),
+            "{metrics}"
+        );
+    };
+    // Exported from the start, before any check finished...
+    let start = Instant::now();
+    let metrics = loop {
+        if let Ok(r) = reqwest::get(format!("http://{addr}/metrics")).await {
+            break r.text().await.unwrap_or_default();
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no /metrics");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    expect_exported(&metrics);
+    // ... and still after the failed renewals.
+    let start = Instant::now();
+    let metrics = loop {
+        let m = scrape(&addr).await;
+        if failed_checks(&m, "web") >= 1.0 && failed_checks(&m, "api") >= 1.0 {
+            break m;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no failed checks:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    expect_exported(&metrics);
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
+}

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::renew::{CheckOptions, CheckReport, RenewError, Renewer};
+use super::renew::{CertSummary, CheckOptions, CheckReport, RenewError, Renewer};
 use crate::clock::Clock;
 use crate::cloud::{Client, Credentials};
 use crate::config::{CertificateSource, Config, ManagedCertificate};
@@ -311,7 +311,7 @@ impl Agent {
             .filter(|c| config.certificate(&c.name).is_some())
             .map(|c| (c.name.clone(), c))
             .collect();
-        Ok(Self {
+        let agent = Self {
             config: std::sync::RwLock::new(config),
             renewer: Arc::new(renewer),
             metrics,
@@ -323,7 +323,15 @@ impl Agent {
             client,
             reload_metrics,
             deploy_metrics,
-        })
+        };
+        if !read_only {
+            // Before anything calls the cloud: what is installed is exported even if every
+            // call of the first pass fails.
+            for cert in &agent.config().certificates {
+                agent.observe_installed(cert);
+            }
+        }
+        Ok(agent)
     }
 
     /// The configuration in force (replaced by [`Agent::replace_config`]).
@@ -643,29 +651,8 @@ impl Agent {
         if report.install_changed {
             self.metrics.record_install(&report.name, "ok");
         }
-        if let Some(installed) = &report.installed {
-            // Metrics describe what is on disk, read back from the file itself.
-            let path = &installed.cert_path;
-            match std::fs::read_to_string(path)
-                .map_err(|e| e.to_string())
-                .and_then(|pem| crate::pki::parse_cert(&pem).map_err(|e| e.to_string()))
-            {
-                Ok(info) => {
-                    self.metrics.set_read_error(&report.name, false);
-                    self.metrics.set_certificate(
-                        &report.name,
-                        report.source,
-                        &CertificateFacts::from_cert(&info, Some(path)),
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(certificate = %report.name, path = %path.display(), error = %e, "cannot read the installed certificate back");
-                    self.metrics.set_read_error(&report.name, true);
-                }
-            }
-        }
-        self.metrics
-            .set_cert_ready(&report.name, report.installed.is_some());
+        // Metrics describe what is on disk, as the check read it back.
+        self.export_installed(&report.name, report.source, report.installed.as_ref());
         self.metrics.set_scm_expiring_without_successor(
             &report.name,
             report.warnings.iter().any(|w| w.contains("no newer")),
@@ -703,8 +690,31 @@ impl Agent {
             .insert(report.name.clone(), entry);
     }
 
+    /// The metrics of what is installed: the certificate's facts and readiness. The installed
+    /// files are the truth, whatever the cloud answers: the daemon exports them at startup and
+    /// after a failed check, so the expiry alerts keep working through an outage.
+    fn export_installed(&self, name: &str, source: &str, installed: Option<&CertSummary>) {
+        if let Some(installed) = installed {
+            self.metrics.set_read_error(name, false);
+            self.metrics.set_certificate(
+                name,
+                source,
+                &CertificateFacts::from_cert(&installed.info, Some(&installed.cert_path)),
+            );
+        }
+        self.metrics.set_cert_ready(name, installed.is_some());
+    }
+
+    /// Reads the installed files of `cert` and exports them ([`Agent::export_installed`]).
+    fn observe_installed(&self, cert: &ManagedCertificate) {
+        let installed = self.renewer.installed(cert);
+        self.export_installed(&cert.name, source_name(cert), installed.as_ref());
+    }
+
     fn record_failure(&self, cert: &ManagedCertificate, e: &PassError) {
         let kind = e.kind();
+        // The files in place are unchanged (or restored): export what they are.
+        self.observe_installed(cert);
         tracing::error!(certificate = %cert.name, kind, error = %e, "certificate check failed; the files in place are unchanged");
         self.metrics.record_check(&cert.name, kind);
         if kind == "filesystem" {

@@ -119,6 +119,9 @@ pub struct CertSummary {
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     pub cert_path: PathBuf,
+    /// The whole certificate as parsed from `cert_path` when the check read it: what the
+    /// metrics export, without reading the file again.
+    pub info: Box<pki::CertInfo>,
 }
 
 /// The outcome of one check.
@@ -568,6 +571,11 @@ impl Renewer {
         Ok(Some(outcome))
     }
 
+    /// What is on disk now, for the report; `None` when no valid set is installed.
+    pub fn installed(&self, cert: &ManagedCertificate) -> Option<CertSummary> {
+        self.summary(cert)
+    }
+
     /// What is on disk now, for the report.
     fn summary(&self, cert: &ManagedCertificate) -> Option<CertSummary> {
         let paths = self.output_paths(cert).ok()?;
@@ -589,6 +597,7 @@ fn summary_of(installed: &install::InstalledCert, cert_path: PathBuf) -> CertSum
         not_before: info.not_before,
         not_after: info.not_after,
         cert_path,
+        info: info.clone(),
     }
 }
 

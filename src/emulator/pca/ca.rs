@@ -875,7 +875,12 @@ pub fn create_ca(shared: &Shared, body: CreateCaBody) -> Result<String, ApiError
         check_ca_id(id)?;
     }
     let path_length = parse_path_length(body.path_length)?;
-    let key_usages = parse_key_usages(body.key_usages.as_ref())?;
+    // "Root CA certificates: [digitalSignature, keyCertSign, cRLSign], which cannot be changed.
+    // The value you specified is ignored." Only a subordinate's are read (and checked).
+    let key_usages = match ca_type {
+        "ROOT" => DEFAULT_CA_KEY_USAGES.map(String::from).to_vec(),
+        _ => parse_key_usages(body.key_usages.as_ref())?,
+    };
     let epid = check_enterprise_project(body.enterprise_project_id.as_deref())?;
     let id = uuid::Uuid::new_v4().to_string();
     let now = shared.now();

@@ -190,17 +190,20 @@ fn to_params(
         // SHA-256 of the SubjectPublicKeyInfo cut to 20 bytes) and a critical BasicConstraints
         // whose only field is at its default, so an empty SEQUENCE.
         let ski = der_wrap(0x04, &sha2::Sha256::digest(subject_spki)[..20]);
-        p.custom_extensions.push(rcgen::CustomExtension::from_oid_content(
-            &[2, 5, 29, 14],
-            ski,
-        ));
+        p.custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[2, 5, 29, 14],
+                ski,
+            ));
         let mut bc = rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 19], der_wrap(0x30, &[]));
         bc.set_criticality(true);
         p.custom_extensions.push(bc);
     }
     for (i, ext) in spec.custom_extensions.iter().enumerate() {
         let taken = BUILDER_EXTENSIONS.iter().any(|o| *o == ext.oid())
-            || spec.custom_extensions[..i].iter().any(|e| e.oid() == ext.oid());
+            || spec.custom_extensions[..i]
+                .iter()
+                .any(|e| e.oid() == ext.oid());
         if taken {
             return Err(PkiError::InvalidSpec(format!(
                 "extension {} is already in the certificate (an extension may appear only once)",

@@ -374,7 +374,8 @@ impl CustomExtension {
     /// An extension with a ready DER value. `oid` is dot-decimal: at least two arcs, the first
     /// 0, 1 or 2, the second below 40 under 0 and 1, every arc a number that fits 64 bits.
     pub fn new(oid: &str, critical: bool, value_der: Vec<u8>) -> Result<Self, PkiError> {
-        let invalid = |why: &str| PkiError::InvalidSpec(format!("object identifier {oid:?}: {why}"));
+        let invalid =
+            |why: &str| PkiError::InvalidSpec(format!("object identifier {oid:?}: {why}"));
         let arcs = oid
             .split('.')
             .map(|a| {

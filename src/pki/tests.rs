@@ -893,10 +893,16 @@ fn leaf_basic_constraints_are_der_without_the_default() {
     let root = self_signed(&root_spec("DER Root", SignatureHash::Sha256), &k[0]).unwrap();
     let leaf = issue(&spec, &PublicKeySource::Key(&k[1]), &root, &k[0]).unwrap();
     let exts = extensions(&leaf);
-    let bc = exts.iter().find(|e| e.0 == "2.5.29.19").expect("basicConstraints");
+    let bc = exts
+        .iter()
+        .find(|e| e.0 == "2.5.29.19")
+        .expect("basicConstraints");
     // `cA FALSE` is the DEFAULT: DER leaves it out, so the SEQUENCE is empty.
     assert_eq!((bc.1, bc.2.as_slice()), (true, &[0x30, 0x00][..]));
-    let ski = exts.iter().find(|e| e.0 == "2.5.29.14").expect("subjectKeyIdentifier");
+    let ski = exts
+        .iter()
+        .find(|e| e.0 == "2.5.29.14")
+        .expect("subjectKeyIdentifier");
     use sha2::Digest as _;
     let want = sha2::Sha256::digest(k[1].public_key_der());
     assert_eq!(ski.2, [&[0x04, 20][..], &want[..20]].concat());
@@ -917,7 +923,12 @@ fn custom_extensions_are_written_once_and_checked() {
     ];
     let cert = self_signed(&spec, &k[0]).unwrap();
     let exts = extensions(&cert);
-    let find = |oid: &str| exts.iter().find(|e| e.0 == oid).cloned().unwrap_or_else(|| panic!("{oid} not in {exts:?}"));
+    let find = |oid: &str| {
+        exts.iter()
+            .find(|e| e.0 == oid)
+            .cloned()
+            .unwrap_or_else(|| panic!("{oid} not in {exts:?}"))
+    };
     let utf8 = "héllo".as_bytes();
     assert_eq!(
         find("1.3.6.1.4.1.2011.4.99"),
@@ -929,7 +940,16 @@ fn custom_extensions_are_written_once_and_checked() {
     );
     assert_eq!(find("1.3.6.1.4.1.99999.7").1, true);
 
-    for bad in ["1", "3.1", "1.40", "0.99.1", "1..2", "1.2.x", "", "1.18446744073709551616"] {
+    for bad in [
+        "1",
+        "3.1",
+        "1.40",
+        "0.99.1",
+        "1..2",
+        "1.2.x",
+        "",
+        "1.18446744073709551616",
+    ] {
         let err = CustomExtension::utf8_string(bad, "v").unwrap_err();
         assert!(matches!(err, PkiError::InvalidSpec(_)), "{bad}: {err}");
     }

@@ -12,6 +12,7 @@ item 5), checked through the official SDKs on a fresh emulator seeded with the d
 """
 import hashlib
 import io
+import os
 import shutil
 import struct
 import subprocess
@@ -358,7 +359,9 @@ def test_tomcat_export_is_a_jks(ccm, cas, key_algorithm, tmp_path):
         Jks(files["server.jks"], password + "x")
 
     if shutil.which("keytool") is None:
-        pytest.skip("no keytool (install a JDK: .ci/run does) to open the JKS with Java")
+        # CI installs a Java runtime (.ci/run): there a missing keytool is a failure.
+        assert os.environ.get("CI") != "true", "keytool is missing on CI"
+        pytest.skip("no keytool (install a Java runtime: .ci/run does) to open the JKS with Java")
     store = tmp_path / "server.jks"
     store.write_bytes(files["server.jks"])
     out = subprocess.run(
@@ -390,6 +393,20 @@ def test_iis_and_tomcat_stay_undefined_uncompressed(ccm, cas):
         with pytest.raises(ClientRequestException) as e:
             _export(ccm, cert_id, kind, "false")
         assert (e.value.status_code, e.value.error_code) == (400, "PCA.00020001"), kind
+
+
+def test_keystore_packages_need_the_key(ccm, cas):
+    """A certificate issued from a CSR has no key in the service: no keystore can be built."""
+    cert_id = ccm.create_certificate_by_csr(CreateCertificateByCsrRequest(
+        body=CreateCertificateByCsrRequestBody(
+            issuer_id=cas["sub"], csr=_csr("csr-keystore.sdk.example.com"),
+            validity=Validity(type="DAY", value=10), type="ENTITY_CERT"))).certificate_id
+    for kind in ("IIS", "TOMCAT"):
+        with pytest.raises(ClientRequestException) as e:
+            _export(ccm, cert_id, kind, "true")
+        assert (e.value.status_code, e.value.error_code) == (400, "PCA.00020001"), kind
+        assert "CSR" in e.value.error_msg
+    assert sorted(_zip(_export(ccm, cert_id, "OTHER", "true"))) == ["chain.pem", "server.pem"]
 
 
 # ---- strict DER for every kind of certificate the emulator issues ----

@@ -1,6 +1,8 @@
 //! PCA private certificates in the emulator: apply (the emulator generates the key), issue from a
 //! CSR (only the public key arrives), parse a CSR, list, detail, quota, delete, export (JSON PEM
-//! or a zip package) and revoke. Certificates are real X.509 signed with the issuing CA's key.
+//! or a zip package: PEM files, or for IIS / TOMCAT a PFX / JKS keystore with its password, see
+//! [`super::keystore`]) and revoke. Certificates are real X.509 signed with the issuing CA's key,
+//! the `customized_extension` included.
 //!
 //! Rules follow the API reference (4.2.2) and its error table (A.2.2). Where the reference is
 //! silent the choice is written next to the code: see [`DEFAULT_CERTIFICATE_QUOTA`],
@@ -638,7 +640,10 @@ fn parse_custom_extension(e: Option<&CustomExtIn>) -> Result<Option<(String, Str
             "Incorrect parameter: customized_extension.object_identifier is not a dot-decimal ASN.1 OID: {e}"
         )));
     }
-    if RESERVED_EXTENSION_ARCS.iter().any(|arc| oid.starts_with(arc)) {
+    if RESERVED_EXTENSION_ARCS
+        .iter()
+        .any(|arc| oid.starts_with(arc))
+    {
         return Err(param(format!(
             "Incorrect parameter: customized_extension.object_identifier {oid:?} names a standard certificate extension; use an OID of your own arc"
         )));
@@ -1362,7 +1367,11 @@ fn keystore_file(
 ) -> Result<Vec<u8>, ApiError> {
     let internal = |e: String| {
         tracing::warn!(certificate = %c.id, error = %e, "emulator: building a keystore failed");
-        ApiError::new(500, codes::CERTIFICATE_PROCESSING, format!("Certificate processing failed: {e}"))
+        ApiError::new(
+            500,
+            codes::CERTIFICATE_PROCESSING,
+            format!("Certificate processing failed: {e}"),
+        )
     };
     // The reference does not say what a package of a CSR certificate holds; a keystore without
     // its key is of no use to IIS or Tomcat, so it is refused rather than built.
@@ -1372,16 +1381,23 @@ fn keystore_file(
         ))
     })?;
     let key = pki::PrivateKey::from_pem(key_pem).map_err(|e| internal(e.to_string()))?;
-    let mut certs_der = vec![pki::parse_cert(&c.certificate_pem)
-        .map_err(|e| internal(e.to_string()))?
-        .der];
+    let mut certs_der = vec![
+        pki::parse_cert(&c.certificate_pem)
+            .map_err(|e| internal(e.to_string()))?
+            .der,
+    ];
     certs_der.extend(
         pki::parse_pem_chain(&c.chain_pem)
             .map_err(|e| internal(e.to_string()))?
             .into_iter()
             .map(|i| i.der),
     );
-    let alias = keystore::alias_for(c.distinguished_name.common_name.as_deref().unwrap_or_default());
+    let alias = keystore::alias_for(
+        c.distinguished_name
+            .common_name
+            .as_deref()
+            .unwrap_or_default(),
+    );
     let contents = keystore::KeystoreContents {
         alias: &alias,
         key_pkcs8: key.to_pkcs8_der(),

@@ -938,7 +938,7 @@ fn custom_extensions_are_written_once_and_checked() {
             [&[0x0c, utf8.len() as u8][..], utf8].concat()
         )
     );
-    assert_eq!(find("1.3.6.1.4.1.99999.7").1, true);
+    assert!(find("1.3.6.1.4.1.99999.7").1);
 
     for bad in [
         "1",

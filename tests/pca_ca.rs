@@ -728,6 +728,44 @@ async fn expiry_follows_the_emulator_clock() {
     client.pca_delete_ca(&sub, 7).await.expect("delete");
 }
 
+/// "Root CA certificates: [digitalSignature, keyCertSign, cRLSign], which cannot be changed.
+/// The value you specified is ignored." (create CA, `key_usages`). The keyCertSign rule is a
+/// subordinate's.
+#[tokio::test]
+async fn root_ca_key_usages_are_ignored() {
+    let (_emu, client) = start().await;
+    let body = json!({
+        "type": "ROOT", "key_algorithm": "EC256", "signature_algorithm": "SHA256",
+        "distinguished_name": {"common_name": "Ignored Usages Root", "country": "CN",
+            "state": "S", "locality": "L", "organization": "O", "organizational_unit": "OU"},
+        "validity": {"type": "YEAR", "value": 1},
+        "key_usages": ["keyEncipherment"]
+    });
+    let created = post_json(&client, CAS, &body)
+        .await
+        .expect("a root CA's key usages are ignored, not refused");
+    let root = created["ca_id"].as_str().expect("ca_id");
+    let exported = client
+        .pca_export_ca_certificate(root)
+        .await
+        .expect("export");
+    let cert = pki::parse_cert(&exported.certificate).expect("parse");
+    assert_eq!(
+        cert.key_usages,
+        vec![
+            pki::KeyUsage::DigitalSignature,
+            pki::KeyUsage::KeyCertSign,
+            pki::KeyUsage::CrlSign
+        ]
+    );
+    let sub = json!({
+        "type": "SUBORDINATE", "key_algorithm": "EC256", "signature_algorithm": "SHA256",
+        "issuer_id": root, "distinguished_name": {"common_name": "S"},
+        "key_usages": ["keyEncipherment"], "validity": {"type": "YEAR", "value": 1}
+    });
+    assert_eq!(create_raw(&client, sub).await, (400, "PCA.00020001".into()));
+}
+
 #[tokio::test]
 async fn create_validation_errors() {
     let (_emu, client) = start().await;

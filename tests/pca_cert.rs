@@ -10,6 +10,7 @@ use ccm_agent::cloud::pca::cert::{
 use ccm_agent::cloud::pca::{DistinguishedName, Validity};
 use ccm_agent::cloud::{Client, CloudError, Request, Service};
 use ccm_agent::emulator::pca::cert::{TestCa, insert_test_ca, read_stored_zip};
+use ccm_agent::emulator::pca::keystore;
 use ccm_agent::emulator::{Emulator, EmulatorConfig};
 use ccm_agent::pki;
 
@@ -227,6 +228,22 @@ async fn sans_eku_key_usages_and_dn_inheritance() {
         ]
     );
     assert!(!info.is_ca);
+    let (_, x509) = x509_parser::parse_x509_certificate(&info.der).expect("x509");
+    let ext = |oid: &str| {
+        x509.extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == oid)
+            .unwrap_or_else(|| panic!("extension {oid} missing"))
+    };
+    // The customized extension is in the certificate: non-critical, the value a UTF8String.
+    let custom = ext("1.3.6.1.4.1.2011.4.1");
+    assert!(!custom.critical);
+    let text = b"This is custom extensions.";
+    assert_eq!(custom.value, [&[0x0c, text.len() as u8][..], text].concat());
+    // Strict DER: BasicConstraints leaves out its DEFAULT cA FALSE (an empty SEQUENCE).
+    let bc = ext("2.5.29.19");
+    assert!(bc.critical);
+    assert_eq!(bc.value, [0x30, 0x00]);
     // Given attributes win; absent ones come from the issuing CA (C=CN, O=Sub Org).
     assert_eq!(info.subject.common_name.as_deref(), Some("svc.example.com"));
     assert_eq!(
@@ -1203,8 +1220,38 @@ async fn export_formats_and_zip_packages() {
             );
         }
     }
+    // IIS and TOMCAT: the keystore with the key, the certificate and its chain, and the
+    // password that opens it (`keystorePass.txt`).
+    let leaf = pki::parse_cert(&exp.certificate).expect("leaf").der;
+    for (kind, store) in [
+        (ExportType::Iis, "server.pfx"),
+        (ExportType::Tomcat, "server.jks"),
+    ] {
+        let zip = f
+            .client
+            .export_private_certificate_zip(&id, kind)
+            .await
+            .expect("zip");
+        let files = read_stored_zip(&zip).expect("a zip");
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["keystorePass.txt", store], "{kind:?}");
+        let password = String::from_utf8(files[0].1.clone()).expect("utf8");
+        assert_eq!(password.len(), keystore::PASSWORD_LEN);
+        let data = &files[1].1;
+        if kind == ExportType::Iis {
+            let p12 = p12_keystore::Pkcs12Archive::from_pkcs12(data, &password).expect("opens");
+            assert_eq!(p12.keys.len(), 1);
+            assert_eq!(p12.certs.len(), 3, "leaf, sub CA, root");
+            assert_eq!(p12.certs[0].cert.as_der(), leaf.as_slice());
+            assert!(p12_keystore::Pkcs12Archive::from_pkcs12(data, "wrong").is_err());
+        } else {
+            // Magic 0xFEEDFEED, version 2; the certificates are stored in the clear.
+            assert_eq!(data[..8], [0xFE, 0xED, 0xFE, 0xED, 0, 0, 0, 2]);
+            assert!(data.windows(leaf.len()).any(|w| w == leaf.as_slice()));
+        }
+    }
     for (compressed, kind) in [
-        ("true", "IIS"),
+        ("false", "IIS"),
         ("false", "TOMCAT"),
         ("false", "PEM"),
         ("maybe", "NGINX"),

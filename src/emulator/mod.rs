@@ -5,6 +5,37 @@
 //!
 //! Control endpoints live under `/_emulator/` (never authenticated, never faulted): the request
 //! log, the clock, fault rules, token expiry, and the record of SCM pushes and deployments.
+//!
+//! # Readings of the reference
+//! The emulator follows the API reference (`shared/seeds`); where a passage can be read two
+//! ways, or says nothing, it commits to one reading, listed here with the reason. The modules
+//! ([`scm`], [`pca::ca`], [`pca::cert`]) note smaller choices next to the code.
+//! - SCM import `duplicate_check`: `true` refuses a certificate the account already holds
+//!   (SCM.0063). The English pages say "true: The same certificate can be uploaded"; the SDK's
+//!   text ("true：不同意上传相同证书") and the field's name say the opposite. The emulator follows
+//!   the SDK's text, as the SDK is what users call the service with.
+//! - SCM list `offset` is a record offset and `expired_days_since` keeps certificates valid or
+//!   expired at most N days ago (the SDK's wording); see [`scm`].
+//! - PCA `customized_extension`: the reference calls `value` "Custom attribute content", a string
+//!   of 1..64 characters, without naming an ASN.1 type. It is written as a non-critical
+//!   extension whose value is that string as a UTF8String, the type X.509 uses for text
+//!   (RFC 5280, DirectoryString). The `object_identifier` must be "a dot-decimal notation
+//!   string that complies with the ASN1 specifications": at least two arcs, the first 0..2, the
+//!   second below 40 under 0 and 1 (anything else answers PCA.00020001). OIDs under id-ce
+//!   (2.5.29) and id-pe (1.3.6.1.5.5.7.1) are refused too: those extensions have their own
+//!   syntax, and a text value there would make the certificate unreadable.
+//! - PCA export `type` IIS / TOMCAT, compressed: the zip holds `keystorePass.txt` and
+//!   `server.pfx` / `server.jks` ("JKX certificate" in the reference, read as JKS, the format
+//!   Tomcat's `.jks` keystores use). The password is fresh for every export (20 letters and
+//!   digits, no line break in the file); the key, the certificate and the chain share it; the
+//!   entry's alias is the common name in lower case. Uncompressed, these types stay refused
+//!   ("it is not defined currently"). A certificate issued from a CSR has no key here, and a
+//!   keystore without one serves neither server, so these two packages are refused for it
+//!   (PCA.00020001); the reference does not say.
+//! - PCA create CA `key_usages`: ignored for a root CA ("cannot be changed. The value you
+//!   specified is ignored."), checked for a subordinate (known names, keyCertSign included).
+//! - PCA export `is_compressed`: the SDK sends the strings "true"/"false", the reference's
+//!   example a JSON boolean; both are taken.
 
 pub mod faults;
 pub mod iam;

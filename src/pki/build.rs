@@ -25,7 +25,7 @@ pub enum PublicKeySource<'a> {
 
 /// Issues a self-signed certificate (a root CA) for `key`. Returns PEM.
 pub fn self_signed(spec: &CertificateSpec, key: &PrivateKey) -> Result<String, PkiError> {
-    let params = to_params(spec)?;
+    let params = to_params(spec, key.public_key_der())?;
     let signer = Signer::new(key, spec.hash)?;
     let subject = SubjectKey::from_spki(key.public_key_der())?;
     // By value: rcgen's `PublicKeyData for &K` does not forward `subject_public_key_info`,
@@ -81,7 +81,7 @@ pub fn issue(
         }
         PublicKeySource::PublicKeyDer(der) => SubjectKey::from_spki(der)?,
     };
-    let params = to_params(spec)?;
+    let params = to_params(spec, &subject.spki)?;
     let signer = Signer::new(issuer_key, spec.hash)?;
     let issuer = rcgen::Issuer::from_ca_cert_pem(
         &pem::encode("CERTIFICATE", &issuer_info.der),
@@ -127,7 +127,11 @@ pub fn generate_csr(
     Ok(pem::encode("CERTIFICATE REQUEST", csr.der()))
 }
 
-fn to_params(spec: &CertificateSpec) -> Result<rcgen::CertificateParams, PkiError> {
+fn to_params(
+    spec: &CertificateSpec,
+    subject_spki: &[u8],
+) -> Result<rcgen::CertificateParams, PkiError> {
+    use sha2::Digest as _;
     let mut p = rcgen::CertificateParams::default();
     p.distinguished_name = to_rcgen_dn(&spec.subject)?;
     p.subject_alt_names = to_rcgen_sans(&spec.sans)?;
@@ -142,7 +146,9 @@ fn to_params(spec: &CertificateSpec) -> Result<rcgen::CertificateParams, PkiErro
     p.is_ca = match (spec.is_ca, spec.path_length) {
         (true, Some(n)) => rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(n)),
         (true, None) => rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained),
-        (false, None) => rcgen::IsCa::ExplicitNoCa,
+        // Not rcgen's `ExplicitNoCa`: it encodes the DEFAULT `cA FALSE`, which DER forbids and
+        // strict parsers (Python `cryptography`) refuse. The extensions are written below.
+        (false, None) => rcgen::IsCa::NoCa,
         (false, Some(_)) => {
             return Err(PkiError::InvalidSpec(
                 "path_length is set on a certificate that is not a CA".into(),
@@ -179,8 +185,48 @@ fn to_params(spec: &CertificateSpec) -> Result<rcgen::CertificateParams, PkiErro
     p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     p.use_authority_key_identifier_extension = true;
     p.key_identifier_method = rcgen::KeyIdMethod::Sha256;
+    if !spec.is_ca {
+        // What `ExplicitNoCa` wrote, in DER: the key identifier (as rcgen derives it for CAs,
+        // SHA-256 of the SubjectPublicKeyInfo cut to 20 bytes) and a critical BasicConstraints
+        // whose only field is at its default, so an empty SEQUENCE.
+        let ski = der_wrap(0x04, &sha2::Sha256::digest(subject_spki)[..20]);
+        p.custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[2, 5, 29, 14],
+                ski,
+            ));
+        let mut bc = rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 19], der_wrap(0x30, &[]));
+        bc.set_criticality(true);
+        p.custom_extensions.push(bc);
+    }
+    for (i, ext) in spec.custom_extensions.iter().enumerate() {
+        let taken = BUILDER_EXTENSIONS.iter().any(|o| *o == ext.oid())
+            || spec.custom_extensions[..i]
+                .iter()
+                .any(|e| e.oid() == ext.oid());
+        if taken {
+            return Err(PkiError::InvalidSpec(format!(
+                "extension {} is already in the certificate (an extension may appear only once)",
+                ext.oid_string()
+            )));
+        }
+        let mut e = rcgen::CustomExtension::from_oid_content(ext.oid(), ext.value_der.clone());
+        e.set_criticality(ext.critical);
+        p.custom_extensions.push(e);
+    }
     Ok(p)
 }
+
+/// The extensions [`to_params`] writes itself: subject and authority key identifiers, key
+/// usage, subject alternative names, basic constraints, extended key usage.
+const BUILDER_EXTENSIONS: [&[u64]; 6] = [
+    &[2, 5, 29, 14],
+    &[2, 5, 29, 15],
+    &[2, 5, 29, 17],
+    &[2, 5, 29, 19],
+    &[2, 5, 29, 35],
+    &[2, 5, 29, 37],
+];
 
 /// 16 random bytes, top bit clear (positive, so DER needs no sign byte), first byte non-zero.
 fn random_serial() -> Vec<u8> {
@@ -501,7 +547,8 @@ fn der_tlv(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     Some((content, &input[header + len..]))
 }
 
-fn der_wrap(tag: u8, content: &[u8]) -> Vec<u8> {
+/// One DER TLV with a one-byte tag.
+pub(crate) fn der_wrap(tag: u8, content: &[u8]) -> Vec<u8> {
     let len = content.len();
     let mut out = Vec::with_capacity(len + 6);
     out.push(tag);

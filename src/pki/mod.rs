@@ -26,6 +26,7 @@ use std::str::FromStr;
 
 use time::OffsetDateTime;
 
+pub(crate) use build::der_wrap;
 pub use build::{PublicKeySource, generate_csr, issue, self_signed};
 pub use inspect::{
     CertInfo, CsrInfo, key_matches_cert, parse_cert, parse_cert_der, parse_csr, parse_pem_chain,
@@ -336,7 +337,8 @@ pub struct CertificateSpec {
     pub subject: DistinguishedName,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
-    /// BasicConstraints CA:TRUE (critical); otherwise CA:FALSE is written.
+    /// BasicConstraints CA:TRUE (critical); otherwise a critical BasicConstraints with the
+    /// DEFAULT `cA FALSE` left out, as DER requires (an empty SEQUENCE).
     pub is_ca: bool,
     /// pathLenConstraint; only allowed when `is_ca`. `None` on a CA means unlimited.
     pub path_length: Option<u8>,
@@ -349,6 +351,72 @@ pub struct CertificateSpec {
     pub hash: SignatureHash,
     /// Big-endian unsigned serial (1..=20 bytes, not zero); `None` draws 16 random bytes.
     pub serial: Option<Vec<u8>>,
+    /// Further extensions, written after the standard ones.
+    pub custom_extensions: Vec<CustomExtension>,
+}
+
+/// An extension the builder has no field for: its OID, criticality and the DER of its value
+/// (what goes inside the extension's OCTET STRING).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustomExtension {
+    oid: Vec<u64>,
+    pub critical: bool,
+    pub value_der: Vec<u8>,
+}
+
+impl CustomExtension {
+    /// A non-critical extension whose value is `text` as an ASN.1 UTF8String. `oid` is
+    /// dot-decimal and must be a valid ASN.1 object identifier (see [`CustomExtension::new`]).
+    pub fn utf8_string(oid: &str, text: &str) -> Result<Self, PkiError> {
+        Self::new(oid, false, build::der_wrap(0x0C, text.as_bytes()))
+    }
+
+    /// An extension with a ready DER value. `oid` is dot-decimal: at least two arcs, the first
+    /// 0, 1 or 2, the second below 40 under 0 and 1, every arc a number that fits 64 bits.
+    pub fn new(oid: &str, critical: bool, value_der: Vec<u8>) -> Result<Self, PkiError> {
+        let invalid =
+            |why: &str| PkiError::InvalidSpec(format!("object identifier {oid:?}: {why}"));
+        let arcs = oid
+            .split('.')
+            .map(|a| {
+                if a.is_empty() || !a.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(invalid("arcs must be decimal numbers separated by dots"));
+                }
+                a.parse::<u64>()
+                    .map_err(|_| invalid("an arc does not fit in 64 bits"))
+            })
+            .collect::<Result<Vec<u64>, PkiError>>()?;
+        match arcs.as_slice() {
+            [first, second, ..] if *first <= 2 && (*first == 2 || *second < 40) => {
+                // The first two arcs are encoded as one number, 40 * first + second.
+                if second.checked_add(80).is_none() {
+                    return Err(invalid("the second arc is too large"));
+                }
+            }
+            [_, _, ..] => {
+                return Err(invalid(
+                    "the first arc must be 0, 1 or 2, and the second below 40 under 0 and 1",
+                ));
+            }
+            _ => return Err(invalid("at least two arcs are needed")),
+        }
+        Ok(CustomExtension {
+            oid: arcs,
+            critical,
+            value_der,
+        })
+    }
+
+    /// The arcs of the OID.
+    pub fn oid(&self) -> &[u64] {
+        &self.oid
+    }
+
+    /// The OID in dot-decimal form.
+    pub fn oid_string(&self) -> String {
+        let arcs: Vec<String> = self.oid.iter().map(u64::to_string).collect();
+        arcs.join(".")
+    }
 }
 
 impl CertificateSpec {
@@ -374,6 +442,7 @@ impl CertificateSpec {
             sans: Vec::new(),
             hash: SignatureHash::Sha256,
             serial: None,
+            custom_extensions: Vec::new(),
         }
     }
 
@@ -396,6 +465,7 @@ impl CertificateSpec {
             sans,
             hash: SignatureHash::Sha256,
             serial: None,
+            custom_extensions: Vec::new(),
         }
     }
 

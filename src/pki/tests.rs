@@ -870,3 +870,101 @@ fn ec_keys_take_the_fast_path_without_trusting_the_embedded_public_key() {
         }
     }
 }
+
+/// The extensions of a certificate PEM by dotted OID: (critical, value bytes).
+fn extensions(pem_text: &str) -> Vec<(String, bool, Vec<u8>)> {
+    let info = parse_cert(pem_text).unwrap();
+    let (_, x509) = x509_parser::parse_x509_certificate(&info.der).unwrap();
+    x509.extensions()
+        .iter()
+        .map(|e| (e.oid.to_id_string(), e.critical, e.value.to_vec()))
+        .collect()
+}
+
+#[test]
+fn leaf_basic_constraints_are_der_without_the_default() {
+    let k = keys(KeyAlgorithm::Ec256);
+    let spec = CertificateSpec::new_leaf(
+        dn("der.example.com"),
+        NOW - Duration::days(1),
+        NOW + Duration::days(30),
+        vec![SubjectAltName::Dns("der.example.com".into())],
+    );
+    let root = self_signed(&root_spec("DER Root", SignatureHash::Sha256), &k[0]).unwrap();
+    let leaf = issue(&spec, &PublicKeySource::Key(&k[1]), &root, &k[0]).unwrap();
+    let exts = extensions(&leaf);
+    let bc = exts
+        .iter()
+        .find(|e| e.0 == "2.5.29.19")
+        .expect("basicConstraints");
+    // `cA FALSE` is the DEFAULT: DER leaves it out, so the SEQUENCE is empty.
+    assert_eq!((bc.1, bc.2.as_slice()), (true, &[0x30, 0x00][..]));
+    let ski = exts
+        .iter()
+        .find(|e| e.0 == "2.5.29.14")
+        .expect("subjectKeyIdentifier");
+    use sha2::Digest as _;
+    let want = sha2::Sha256::digest(k[1].public_key_der());
+    assert_eq!(ski.2, [&[0x04, 20][..], &want[..20]].concat());
+    assert!(!parse_cert(&leaf).unwrap().is_ca);
+    // A CA keeps its cA TRUE and path length.
+    let root_exts = extensions(&root);
+    let bc = root_exts.iter().find(|e| e.0 == "2.5.29.19").unwrap();
+    assert_eq!(bc.2, [0x30, 0x06, 0x01, 0x01, 0xff, 0x02, 0x01, 0x01]);
+}
+
+#[test]
+fn custom_extensions_are_written_once_and_checked() {
+    let k = keys(KeyAlgorithm::Ec256);
+    let mut spec = root_spec("Custom Root", SignatureHash::Sha256);
+    spec.custom_extensions = vec![
+        CustomExtension::utf8_string("1.3.6.1.4.1.2011.4.99", "héllo").unwrap(),
+        CustomExtension::new("1.3.6.1.4.1.99999.7", true, vec![0x05, 0x00]).unwrap(),
+    ];
+    let cert = self_signed(&spec, &k[0]).unwrap();
+    let exts = extensions(&cert);
+    let find = |oid: &str| {
+        exts.iter()
+            .find(|e| e.0 == oid)
+            .cloned()
+            .unwrap_or_else(|| panic!("{oid} not in {exts:?}"))
+    };
+    let utf8 = "héllo".as_bytes();
+    assert_eq!(
+        find("1.3.6.1.4.1.2011.4.99"),
+        (
+            "1.3.6.1.4.1.2011.4.99".to_string(),
+            false,
+            [&[0x0c, utf8.len() as u8][..], utf8].concat()
+        )
+    );
+    assert!(find("1.3.6.1.4.1.99999.7").1);
+
+    for bad in [
+        "1",
+        "3.1",
+        "1.40",
+        "0.99.1",
+        "1..2",
+        "1.2.x",
+        "",
+        "1.18446744073709551616",
+    ] {
+        let err = CustomExtension::utf8_string(bad, "v").unwrap_err();
+        assert!(matches!(err, PkiError::InvalidSpec(_)), "{bad}: {err}");
+    }
+    // Arc 2 takes any second arc; 1 and 0 below 40.
+    CustomExtension::utf8_string("2.100.3", "v").unwrap();
+    CustomExtension::utf8_string("1.39", "v").unwrap();
+
+    // An extension may appear once: the builder's own and repeats are refused.
+    for dup in ["2.5.29.19", "2.5.29.14", "1.2.3"] {
+        let mut spec = root_spec("Dup Root", SignatureHash::Sha256);
+        spec.custom_extensions = vec![
+            CustomExtension::utf8_string("1.2.3", "a").unwrap(),
+            CustomExtension::utf8_string(dup, "b").unwrap(),
+        ];
+        let err = self_signed(&spec, &k[0]).unwrap_err();
+        assert!(err.to_string().contains(dup), "{dup}: {err}");
+    }
+}

@@ -12,6 +12,9 @@
 //! - Validity: `YEAR` = calendar years, `MONTH` = 31 days, `DAY`, `HOUR`; a root CA at most 30
 //!   years, a subordinate at most 20 and never beyond its issuer's `not_after`; `start_from` not
 //!   earlier than now − 5 minutes (`PCA.00020109`).
+//! - Key usages: a root CA's are fixed (digitalSignature, keyCertSign, cRLSign) and a requested
+//!   `key_usages` is ignored, as the reference says; a subordinate's default to the same and may
+//!   be customised, but must name known usages and include keyCertSign (`PCA.00020001`).
 //! - Path length: a root CA is unlimited (reported as 7); a subordinate 0..=6 (default 0) and
 //!   strictly below its issuer's (`PCA.00020203`); an issuer with path length 0 cannot sign a CA.
 //! - Distinguished name: all six attributes are required for a root CA and for a pending
@@ -875,7 +878,12 @@ pub fn create_ca(shared: &Shared, body: CreateCaBody) -> Result<String, ApiError
         check_ca_id(id)?;
     }
     let path_length = parse_path_length(body.path_length)?;
-    let key_usages = parse_key_usages(body.key_usages.as_ref())?;
+    // "Root CA certificates: [digitalSignature, keyCertSign, cRLSign], which cannot be changed.
+    // The value you specified is ignored." Only a subordinate's are read (and checked).
+    let key_usages = match ca_type {
+        "ROOT" => DEFAULT_CA_KEY_USAGES.map(String::from).to_vec(),
+        _ => parse_key_usages(body.key_usages.as_ref())?,
+    };
     let epid = check_enterprise_project(body.enterprise_project_id.as_deref())?;
     let id = uuid::Uuid::new_v4().to_string();
     let now = shared.now();

@@ -1,6 +1,8 @@
 //! PCA private certificates in the emulator: apply (the emulator generates the key), issue from a
 //! CSR (only the public key arrives), parse a CSR, list, detail, quota, delete, export (JSON PEM
-//! or a zip package) and revoke. Certificates are real X.509 signed with the issuing CA's key.
+//! or a zip package: PEM files, or for IIS / TOMCAT a PFX / JKS keystore with its password, see
+//! [`super::keystore`]) and revoke. Certificates are real X.509 signed with the issuing CA's key,
+//! the `customized_extension` included.
 //!
 //! Rules follow the API reference (4.2.2) and its error table (A.2.2). Where the reference is
 //! silent the choice is written next to the code: see [`DEFAULT_CERTIFICATE_QUOTA`],
@@ -18,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::ca::CaRecord;
+use super::keystore;
 use crate::cloud::pca::DistinguishedName;
 use crate::cloud::time::{from_epoch_ms, to_epoch_ms};
 use crate::emulator::{ApiError, Shared, parse_json};
@@ -100,7 +103,8 @@ pub struct CertRecord {
     pub key_pem: Option<String>,
     #[serde(default)]
     pub subject_alternative_names: Vec<(String, String)>,
-    /// Accepted and kept, not written into the X.509 (see the report).
+    /// `(OID, value)`, written into the X.509 as a non-critical extension whose value is the
+    /// text as a UTF8String.
     #[serde(default)]
     pub customized_extension: Option<(String, String)>,
     #[serde(default)]
@@ -615,22 +619,33 @@ fn parse_eku(e: Option<&EkuIn>) -> Vec<pki::ExtendedKeyUsage> {
     .collect()
 }
 
+/// Arcs whose extensions have a syntax of their own (RFC 5280's id-ce, and id-pe): a
+/// UTF8String there would make the certificate unreadable, so they are refused.
+const RESERVED_EXTENSION_ARCS: [&str; 2] = ["2.5.29.", "1.3.6.1.5.5.7.1."];
+
 fn parse_custom_extension(e: Option<&CustomExtIn>) -> Result<Option<(String, String)>, ApiError> {
     let Some(e) = e else { return Ok(None) };
     let (Some(oid), Some(value)) = (&e.object_identifier, &e.value) else {
         // Both are optional in the table; an empty object adds nothing.
         return Ok(None);
     };
-    let arcs: Vec<&str> = oid.split('.').collect();
-    let oid_ok = (1..=64).contains(&oid.len())
-        && arcs.len() >= 2
-        && arcs
-            .iter()
-            .all(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()))
-        && matches!(arcs[0], "0" | "1" | "2");
-    if !oid_ok {
+    if !(1..=64).contains(&oid.len()) {
+        return Err(param(
+            "Incorrect parameter: customized_extension.object_identifier must be 1..64 characters",
+        ));
+    }
+    // "must be a dot-decimal notation string that complies with the ASN1 specifications"
+    if let Err(e) = pki::CustomExtension::utf8_string(oid, value) {
         return Err(param(format!(
-            "Incorrect parameter: customized_extension.object_identifier {oid:?} is not a dot-decimal OID"
+            "Incorrect parameter: customized_extension.object_identifier is not a dot-decimal ASN.1 OID: {e}"
+        )));
+    }
+    if RESERVED_EXTENSION_ARCS
+        .iter()
+        .any(|arc| oid.starts_with(arc))
+    {
+        return Err(param(format!(
+            "Incorrect parameter: customized_extension.object_identifier {oid:?} names a standard certificate extension; use an OID of your own arc"
         )));
     }
     if !(1..=64).contains(&value.chars().count()) {
@@ -814,6 +829,12 @@ fn sign(
         sans: p.sans.clone(),
         hash: p.hash,
         serial: hex::decode(&serial).ok(),
+        custom_extensions: p
+            .customized_extension
+            .iter()
+            .map(|(oid, value)| pki::CustomExtension::utf8_string(oid, value))
+            .collect::<Result<_, _>>()
+            .map_err(|e| param(format!("Incorrect parameter: customized_extension: {e}")))?,
     };
     let issuer_pem = ca.certificate_pem.as_deref().unwrap_or_default();
     let (cert, key_pem) = match &p.key {
@@ -1337,6 +1358,58 @@ fn export_key_pem(pkcs8_pem: &str) -> String {
     }
 }
 
+/// The PFX (`IIS`) or JKS (`TOMCAT`) holding `c`'s key, the certificate and its chain.
+fn keystore_file(
+    c: &CertRecord,
+    kind: &str,
+    password: &str,
+    now_ms: i64,
+) -> Result<Vec<u8>, ApiError> {
+    let internal = |e: String| {
+        tracing::warn!(certificate = %c.id, error = %e, "emulator: building a keystore failed");
+        ApiError::new(
+            500,
+            codes::CERTIFICATE_PROCESSING,
+            format!("Certificate processing failed: {e}"),
+        )
+    };
+    // The reference does not say what a package of a CSR certificate holds; a keystore without
+    // its key is of no use to IIS or Tomcat, so it is refused rather than built.
+    let key_pem = c.key_pem.as_deref().ok_or_else(|| {
+        param(format!(
+            "Incorrect parameter: type {kind} packages the private key, and the key of a certificate issued from a CSR stays with its owner (export it as APACHE, NGINX or OTHER)"
+        ))
+    })?;
+    let key = pki::PrivateKey::from_pem(key_pem).map_err(|e| internal(e.to_string()))?;
+    let mut certs_der = vec![
+        pki::parse_cert(&c.certificate_pem)
+            .map_err(|e| internal(e.to_string()))?
+            .der,
+    ];
+    certs_der.extend(
+        pki::parse_pem_chain(&c.chain_pem)
+            .map_err(|e| internal(e.to_string()))?
+            .into_iter()
+            .map(|i| i.der),
+    );
+    let alias = keystore::alias_for(
+        c.distinguished_name
+            .common_name
+            .as_deref()
+            .unwrap_or_default(),
+    );
+    let contents = keystore::KeystoreContents {
+        alias: &alias,
+        key_pkcs8: key.to_pkcs8_der(),
+        certs_der: &certs_der,
+    };
+    if kind == "IIS" {
+        keystore::pfx(&contents, password).map_err(internal)
+    } else {
+        keystore::jks(&contents, password, now_ms).map_err(internal)
+    }
+}
+
 async fn export_certificate(
     State(shared): State<Shared>,
     Path(id): Path<String>,
@@ -1377,25 +1450,32 @@ async fn export_certificate(
             "private_key": key,
         })));
     }
-    let mut files: Vec<(&str, String)> = Vec::new();
+    let mut files: Vec<(&str, Vec<u8>)> = Vec::new();
     match kind.as_str() {
         "APACHE" => {
-            files.push(("server.crt", cert));
-            files.push(("chain.crt", chain));
+            files.push(("server.crt", cert.into_bytes()));
+            files.push(("chain.crt", chain.into_bytes()));
         }
-        "NGINX" => files.push(("server.crt", format!("{cert}{chain}"))),
+        "NGINX" => files.push(("server.crt", format!("{cert}{chain}").into_bytes())),
         "OTHER" => {
-            files.push(("server.pem", cert));
-            files.push(("chain.pem", chain));
+            files.push(("server.pem", cert.into_bytes()));
+            files.push(("chain.pem", chain.into_bytes()));
         }
+        // "keystorePass.txt (keystore password) and server.pfx" / "server.jks".
         _ => {
-            return Err(param(
-                "Incorrect parameter: the emulator does not build PFX/JKS packages (IIS, TOMCAT)",
-            ));
+            let password = keystore::new_password();
+            let store = keystore_file(&c, &kind, &password, now_ms(&shared))?;
+            files.push(("keystorePass.txt", password.into_bytes()));
+            let name = if kind == "IIS" {
+                "server.pfx"
+            } else {
+                "server.jks"
+            };
+            files.push((name, store));
         }
     }
-    if !key.is_empty() {
-        files.push(("server.key", key));
+    if !key.is_empty() && !matches!(kind.as_str(), "IIS" | "TOMCAT") {
+        files.push(("server.key", key.into_bytes()));
     }
     let zip = write_zip(&files)
         .map_err(|e| ApiError::new(500, "PCA.00000001", format!("Unknown error: {e}")))?;
@@ -1497,14 +1577,14 @@ fn crc32(data: &[u8]) -> u32 {
     !crc
 }
 
-fn write_zip(files: &[(&str, String)]) -> std::io::Result<Vec<u8>> {
+fn write_zip<D: AsRef<[u8]>>(files: &[(&str, D)]) -> std::io::Result<Vec<u8>> {
     let mut out: Vec<u8> = Vec::new();
     let mut central: Vec<u8> = Vec::new();
     let to_u32 = |n: usize| {
         u32::try_from(n).map_err(|_| std::io::Error::other("zip entry larger than 4 GiB"))
     };
     for (name, data) in files {
-        let data = data.as_bytes();
+        let data = data.as_ref();
         let crc = crc32(data);
         let size = to_u32(data.len())?;
         let name_len = u16::try_from(name.len()).map_err(std::io::Error::other)?;

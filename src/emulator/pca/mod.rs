@@ -3,6 +3,7 @@
 
 pub mod ca;
 pub mod cert;
+pub mod keystore;
 
 use std::collections::BTreeMap;
 

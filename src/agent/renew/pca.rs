@@ -29,6 +29,7 @@ use crate::config::{
     ExtendedKeyUsage, ManagedCertificate, PcaMode, PcaSource, SubjectAltName, ValidityUnit,
 };
 use crate::install::{self, Candidate, InstalledState};
+use crate::logging::Event;
 use crate::pki;
 
 /// How far before the journaled request time a reconciled certificate may have been created
@@ -482,7 +483,7 @@ impl Renewer {
         reuse_key: Option<String>,
     ) -> Result<CheckReport, RenewError> {
         let name = cert.name.as_str();
-        tracing::info!(certificate = %name, %reason, mode = mode_str(src.mode), "issuing");
+        tracing::info!(certificate = %name, %reason, mode = %mode_str(src.mode), "issuing");
         let anchor = self.issuer_anchor(name, src, true).await?;
         let now = self.now();
         let (id, key_pem) = match src.mode {
@@ -524,7 +525,8 @@ impl Renewer {
                 (self.after_create(name, src, r, STEP_APPLY)?, None)
             }
         };
-        tracing::info!(certificate = %name, certificate_id = %id, "issued");
+        tracing::info!(event = %Event::Issued, certificate = %name, cloud_id = %id, %reason, "issued");
+        report.reason = Some(reason.to_owned());
         report.action = Action::Renewed {
             cloud_id: id.clone(),
         };
@@ -666,9 +668,10 @@ impl Renewer {
                 "installed, but the journal entry could not be cleared (the next check re-adopts it harmlessly): {e}"
             ));
         }
-        tracing::info!(
-            certificate = %name, certificate_id = %id, serial = %bundle.leaf().serial_hex,
-            changed = outcome.changed, "installed"
+        // The `installed` event itself is logged once per check, by `Renewer::check`.
+        tracing::debug!(
+            certificate = %name, cloud_id = %id, serial = %bundle.leaf().serial_hex,
+            changed = outcome.changed, "adopted"
         );
         if matches!(report.action, Action::None) {
             report.action = Action::Renewed {
@@ -769,6 +772,7 @@ impl Renewer {
             },
         };
         let anchor = self.issuer_anchor(name, src, false).await?;
+        report.reason = Some("finishing an interrupted issuance".into());
         report.action = Action::Renewed {
             cloud_id: id.clone(),
         };
@@ -885,7 +889,8 @@ impl Renewer {
             .await?
         {
             Some(outcome) => {
-                tracing::info!(certificate = %name, %reason, "re-installed the last good copy");
+                tracing::debug!(certificate = %name, %reason, "re-installed the last good copy");
+                report.reason = Some(reason.clone());
                 report.install_changed = outcome.changed;
                 report.installed = self.summary(cert);
                 let due = match &report.installed {

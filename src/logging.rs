@@ -163,6 +163,9 @@ pub fn init(filter: &str, output: Output) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(output.colour)
+        // A closed stderr (`ccm-agent demo 2>&1 | head`) loses the logs; reporting that on
+        // stderr would panic.
+        .log_internal_errors(false)
         .event_format(LineFormat::new(output))
         .init();
 }

@@ -11,9 +11,9 @@ use std::os::unix::fs::MetadataExt as _;
 use std::sync::OnceLock;
 
 use tracing::{Level, Subscriber};
+use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::time::SystemTime;
-use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
 
 /// The value of the `event` field: what happened to a certificate. Every such event also has

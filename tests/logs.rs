@@ -159,7 +159,10 @@ fn through_a_pipe_no_colour_codes_and_plain_values() {
         .find(|l| l.contains("certificate updated") && l.contains("certificate=web"))
         .unwrap_or_else(|| panic!("no update line for web:\n{stderr}"));
     assert!(updated.contains(" action=renewed cloud_id="), "{updated}");
-    assert!(!updated.contains('{') && !updated.contains('"'), "{updated}");
+    assert!(
+        !updated.contains('{') && !updated.contains('"'),
+        "{updated}"
+    );
 }
 
 #[test]
@@ -178,7 +181,8 @@ fn under_the_journal_every_line_carries_its_priority_and_no_timestamp() {
         &[("JOURNAL_STREAM", stream)],
     );
     assert_eq!(second.status.code(), Some(1), "the hook fails");
-    let log = std::fs::read_to_string(&path).expect("read") + &std::fs::read_to_string(&path2).expect("read");
+    let log = std::fs::read_to_string(&path).expect("read")
+        + &std::fs::read_to_string(&path2).expect("read");
 
     let mut seen = std::collections::BTreeSet::new();
     for line in log.lines() {
@@ -317,10 +321,21 @@ fn json_events_carry_the_documented_fields() {
     let rolled_back = find(&lines, "rolled_back", "web");
     assert_eq!(rolled_back["level"], "WARN", "{rolled_back}");
     assert_eq!(rolled_back["reason"], "pre hook", "{rolled_back}");
-    assert_eq!(rolled_back["error_kind"], "pre_hook_failed", "{rolled_back}");
-    assert_eq!(rolled_back["fingerprint"], fingerprint.as_str(), "{rolled_back}");
+    assert_eq!(
+        rolled_back["error_kind"], "pre_hook_failed",
+        "{rolled_back}"
+    );
+    assert_eq!(
+        rolled_back["fingerprint"],
+        fingerprint.as_str(),
+        "{rolled_back}"
+    );
     let failed = find(&lines, "failed", "web");
     assert_eq!(failed["error_kind"], "pre_hook_failed", "{failed}");
     string(failed, "error");
-    assert_eq!(s.web_fingerprint(), fingerprint, "the old certificate is back");
+    assert_eq!(
+        s.web_fingerprint(),
+        fingerprint,
+        "the old certificate is back"
+    );
 }

@@ -51,11 +51,11 @@ use crate::agent::journal::Journal;
 use crate::agent::plan;
 use crate::cloud::{Client, Secret};
 use crate::config::{CertificateSource, ManagedCertificate, Owner, SecretSource};
-use crate::logging::Event;
 use crate::install::{
     self, Candidate, Expectations, FileSpec, InstallOutcome, InstalledState, OutputPaths,
     Principal, Role, StateDir, VerifiedBundle,
 };
+use crate::logging::Event;
 use crate::pki;
 use record::{CertRecord, Records};
 

@@ -16,6 +16,7 @@
 //!   deploy), never twice for the same certificate.
 //! - [`config`]: the agent's TOML configuration, validated into typed settings.
 //! - [`metrics`]: Prometheus metrics, the readiness latch, `/metrics` `/healthz` `/readyz`.
+//! - [`logging`]: log output for terminals, pipes and the journal; the operator-facing events.
 
 pub mod agent;
 pub mod clock;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod deploy;
 pub mod emulator;
 pub mod install;
+pub mod logging;
 pub mod metrics;
 pub mod pki;
 pub mod policy;

@@ -16,6 +16,7 @@ use ccm_agent::clock::Clock;
 use ccm_agent::cloud::Secret;
 use ccm_agent::config::{CertificateSource, Config, LogFormat};
 use ccm_agent::emulator::{Emulator, EmulatorConfig};
+use ccm_agent::logging;
 use cli::{CheckArgs, Cli, Command, EmulatorArgs, RenewArgs, StatusArgs};
 
 /// An operation failed.
@@ -36,7 +37,7 @@ fn main() -> ExitCode {
             let credentials = match config.resolve_credentials(&|k| std::env::var(k).ok()) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    logging::print_error(e);
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
@@ -49,14 +50,14 @@ fn main() -> ExitCode {
             {
                 Ok(l) => l,
                 Err(e) => {
-                    eprintln!(
-                        "error: metrics.listen {}: {e}",
+                    logging::print_error(format_args!(
+                        "metrics.listen {}: {e}",
                         config
                             .metrics
                             .listen
                             .map(|a| a.to_string())
                             .unwrap_or_default()
-                    );
+                    ));
                     return ExitCode::from(EXIT_FAILURE);
                 }
             };
@@ -119,14 +120,14 @@ fn block_on(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) ->
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            logging::print_error(format_args!("cannot start the async runtime: {e}"));
             return ExitCode::from(EXIT_FAILURE);
         }
     };
     match runtime.block_on(fut) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            logging::print_error(format_args!("{e:#}"));
             ExitCode::from(EXIT_FAILURE)
         }
     }
@@ -136,7 +137,7 @@ fn load_config(path: &std::path::Path) -> Option<Config> {
     match Config::load(path) {
         Ok(c) => Some(c),
         Err(e) => {
-            eprintln!("error: {e}");
+            logging::print_error(e);
             None
         }
     }
@@ -146,22 +147,15 @@ fn init_tracing(flag: Option<&str>, config: Option<&Config>) {
     let level = config
         .map(|c| c.agent.log_level.clone())
         .unwrap_or_else(|| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        // The scheduler crate logs its own lifecycle at info; keep the agent's logs readable.
-        tracing_subscriber::EnvFilter::new(format!("{level},tokio_cron_scheduler=warn"))
-    });
     let json = match flag {
         Some(f) => f == "json",
         None => config.is_some_and(|c| c.agent.log_format == LogFormat::Json),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    // The scheduler crate logs its own lifecycle at info; keep the agent's logs readable.
+    logging::init(
+        &format!("{level},tokio_cron_scheduler=warn"),
+        logging::Output::detect(json),
+    );
 }
 
 async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
@@ -187,7 +181,7 @@ fn check(args: CheckArgs) -> ExitCode {
     let credentials = match config.resolve_credentials(&|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            logging::print_error(e);
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -198,7 +192,7 @@ fn check(args: CheckArgs) -> ExitCode {
             Ok(detail) => println!("ok: {what}: {detail}"),
             Err(e) => {
                 failed = true;
-                println!("FAILED: {what}: {e}");
+                println!("{}: {what}: {e}", logging::red_on_terminal("FAILED"));
             }
         };
         let q = ccm_agent::cloud::scm::ListCertificatesQuery::default();
@@ -242,7 +236,7 @@ fn status(args: StatusArgs) -> ExitCode {
     let file = match StatusFile::load(&config.agent.state_dir) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            logging::print_error(format_args!("{e:#}"));
             return ExitCode::from(EXIT_FAILURE);
         }
     };
@@ -267,7 +261,7 @@ fn status(args: StatusArgs) -> ExitCode {
         match serde_json::to_string_pretty(&rows) {
             Ok(s) => println!("{s}"),
             Err(e) => {
-                eprintln!("error: {e}");
+                logging::print_error(e);
                 return ExitCode::from(EXIT_FAILURE);
             }
         }
@@ -301,6 +295,9 @@ fn status(args: StatusArgs) -> ExitCode {
         if !r.warnings.is_empty() {
             result = format!("{result} (warning: {})", r.warnings.join("; "));
         }
+        if r.last_error.is_some() {
+            result = logging::red_on_terminal(&result);
+        }
         println!(
             "{:<24} {:<6} {:<20} {:>9} {:<20} {}",
             r.name,
@@ -321,21 +318,21 @@ fn renew(config: Config, args: RenewArgs) -> ExitCode {
         .filter(|n| config.certificate(n).is_none())
         .collect();
     if !unknown.is_empty() {
-        eprintln!(
-            "error: {}: no managed certificate named {}",
+        logging::print_error(format_args!(
+            "{}: no managed certificate named {}",
             config.source_name,
             unknown
                 .iter()
                 .map(|n| format!("{n:?}"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        ));
         return ExitCode::from(EXIT_CONFIG);
     }
     let credentials = match config.resolve_credentials(&|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            logging::print_error(e);
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -403,13 +400,18 @@ fn renew(config: Config, args: RenewArgs) -> ExitCode {
                             }
                         }
                         Action::None => println!("{}: up to date, nothing to do", report.name),
-                        other => println!("{}: {other:?}", report.name),
+                        other => println!("{}: {other}", report.name),
                     }
                     for w in &report.warnings {
                         println!("{}: warning: {w}", report.name);
                     }
                 }
-                Err(e) => println!("{}: FAILED ({}): {e}", cert.name, e.kind()),
+                Err(e) => println!(
+                    "{}: {} ({}): {e}",
+                    cert.name,
+                    logging::red_on_terminal("FAILED"),
+                    e.kind()
+                ),
             }
         }
         Ok(if pass.summary.failed > 0 {

@@ -678,7 +678,7 @@ fn cli_check_online_renew_dry_run_and_status() {
         "one revocation listing for the run"
     );
     assert_eq!(emu.shared().count_requests("pca.show_certificate"), shows);
-    assert!(out.contains("api: Renewed"), "{out}");
+    assert!(out.contains("api: renewed (certificate "), "{out}");
 }
 
 /// The daemon's pass pushes a renewed PCA certificate to its cloud targets (imported into SCM

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 #[test]
 fn demo_installs_and_renews_on_its_own() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // stdout and stderr on one pipe, as `ccm-agent demo 2>&1 | tee log` sees them.
+    let (reader, writer) = std::io::pipe().expect("pipe");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ccm-agent"))
         .args([
             "demo",
@@ -19,21 +21,25 @@ fn demo_installs_and_renews_on_its_own() {
             "--dir",
         ])
         .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdout(writer.try_clone().expect("dup pipe"))
+        .stderr(writer)
         .spawn()
         .expect("spawn demo");
-    let stdout = child.stdout.take().expect("stdout");
+    // The parent's copies of the write end are gone (moved into the command, dropped with it
+    // at spawn): the reader sees EOF when the demo exits.
     let mut lines = Vec::new();
     let start = Instant::now();
     let mut changed_after_start = false;
-    let mut cycles = 0;
-    for line in BufReader::new(stdout).lines() {
+    let mut passes = 0;
+    for line in BufReader::new(reader).lines() {
         let Ok(line) = line else { break };
-        if line.contains("check:") {
-            cycles += 1;
+        if line.contains("check finished") {
+            passes += 1;
             // "N managed, M changed, ...": a later pass that changed something is a renewal.
-            if cycles > 1 && !line.contains(" 0 changed") {
+            if passes > 1 && !line.contains(" 0 changed") {
                 changed_after_start = true;
             }
         }
@@ -59,6 +65,11 @@ fn demo_installs_and_renews_on_its_own() {
         changed_after_start,
         "no renewal seen within a minute:\n{out}"
     );
+    // Each pass appears once: its summary ("N managed, M changed, …") is on its one log line.
+    let summaries = lines.iter().filter(|l| l.contains(" managed, ")).count();
+    assert_eq!(summaries, passes, "a pass reported twice:\n{out}");
+    // Through a pipe: no colour codes.
+    assert!(!out.contains('\x1b'), "ESC in piped output:\n{out}");
     assert!(
         status.success() || status.code() == Some(0) || status.code().is_none(),
         "{status:?}"

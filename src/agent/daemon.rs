@@ -375,7 +375,12 @@ impl Agent {
         for result in self.renewer.resume(&config.certificates).await {
             match result {
                 Ok(report) => {
-                    tracing::info!(certificate = %report.name, action = ?report.action, "resumed an interrupted renewal");
+                    tracing::info!(
+                        certificate = %report.name,
+                        action = %report.action.as_str(),
+                        cloud_id = report.action.cloud_id().map(tracing::field::display),
+                        "resumed an interrupted renewal"
+                    );
                     self.record_ok(&report);
                 }
                 Err(e) => tracing::warn!(error = %e, "could not resume an interrupted renewal"),
@@ -602,10 +607,8 @@ impl Agent {
                 .with_label_values(&[&cert.name, service, &target, label])
                 .inc();
         }
+        // deploy_certificate logs the `deployed` event.
         if result.is_complete() {
-            if !result.calls.is_empty() {
-                tracing::info!(certificate = %cert.name, summary = %result.summary(), "cloud targets updated");
-            }
             Ok(())
         } else {
             Err(fail(result.summary()))
@@ -662,9 +665,12 @@ impl Agent {
         }
         match &report.action {
             Action::None => tracing::debug!(certificate = %report.name, "nothing to do"),
-            other => {
-                tracing::info!(certificate = %report.name, action = ?other, "certificate updated")
-            }
+            other => tracing::info!(
+                certificate = %report.name,
+                action = %other.as_str(),
+                cloud_id = other.cloud_id().map(tracing::field::display),
+                "certificate updated"
+            ),
         }
         self.backoff
             .lock()
@@ -715,7 +721,13 @@ impl Agent {
         let kind = e.kind();
         // The files in place are unchanged (or restored): export what they are.
         self.observe_installed(cert);
-        tracing::error!(certificate = %cert.name, kind, error = %e, "certificate check failed; the files in place are unchanged");
+        tracing::error!(
+            event = %crate::logging::Event::Failed,
+            certificate = %cert.name,
+            error_kind = %kind,
+            error = %e,
+            "certificate check failed; the files in place are unchanged"
+        );
         self.metrics.record_check(&cert.name, kind);
         if kind == "filesystem" {
             self.metrics.record_install(&cert.name, kind);

@@ -728,7 +728,18 @@ pub async fn deploy_certificate(
         cleanup(client, store, &material.name, &mut st, &mut report).await?;
     }
     let report = finish(report, results, attempts);
-    tracing::info!(certificate = %material.name, summary = %report.summary(), "cloud deploy finished");
+    if report.is_complete() {
+        tracing::info!(
+            event = %crate::logging::Event::Deployed,
+            certificate = %material.name,
+            cloud_id = %scm_id,
+            fingerprint = %report.fingerprint,
+            summary = %report.summary(),
+            "cloud deploy finished"
+        );
+    } else {
+        tracing::warn!(certificate = %material.name, summary = %report.summary(), "cloud deploy incomplete");
+    }
     Ok(report)
 }
 

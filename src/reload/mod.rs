@@ -36,6 +36,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::logging::Event;
+
 pub use metrics::ReloadMetrics;
 pub use probe::{
     Observation, ProbeError, VerifyEndpoint, fingerprint_der, fingerprint_pem, served_fingerprint,
@@ -849,6 +851,12 @@ where
             }
         }
         report.steps = run.steps;
+        tracing::info!(
+            event = %Event::Reloaded,
+            certificate = %ctx.name,
+            fingerprint = %ctx.new_fingerprint,
+            "the new certificate is in use"
+        );
         return Ok(report);
     };
 
@@ -898,7 +906,7 @@ where
             hook_failures.push(f.detail);
         }
     }
-    Err(ReloadError {
+    let error = ReloadError {
         name: ctx.name.clone(),
         stage: failure.stage,
         detail: failure.detail,
@@ -906,7 +914,29 @@ where
         rollback: rb,
         steps: run.steps,
         hook_failures,
-    })
+    };
+    if error.rollback.files.is_ok() {
+        tracing::warn!(
+            event = %Event::RolledBack,
+            certificate = %ctx.name,
+            reason = %error.stage,
+            error_kind = %error.result_label(),
+            fingerprint = ctx.old_fingerprint.as_deref().map(tracing::field::display),
+            rollback = %error.rollback,
+            error = %error.detail,
+            "rolled back to the previous certificate"
+        );
+    } else {
+        tracing::error!(
+            certificate = %ctx.name,
+            reason = %error.stage,
+            error_kind = %error.result_label(),
+            rollback = %error.rollback,
+            error = %error.detail,
+            "could not roll back to the previous certificate"
+        );
+    }
+    Err(error)
 }
 
 /// A failed step.

@@ -54,6 +54,7 @@ use crate::install::{
     self, Candidate, Expectations, FileSpec, InstallOutcome, InstalledState, OutputPaths,
     Principal, Role, StateDir, VerifiedBundle,
 };
+use crate::logging::Event;
 use crate::pki;
 use crate::policy;
 use record::{CertRecord, Records};
@@ -92,6 +93,28 @@ impl Action {
             Action::Reexported { .. } => "reexported",
             Action::Reinstalled { .. } => "reinstalled",
             Action::WouldDo(_) => "dry_run",
+        }
+    }
+
+    /// The cloud certificate id a renewal or re-export installed.
+    pub fn cloud_id(&self) -> Option<&str> {
+        match self {
+            Action::Renewed { cloud_id } | Action::Reexported { cloud_id } => Some(cloud_id),
+            _ => None,
+        }
+    }
+}
+
+/// In words, for people: `renewed (certificate 1a2b…)`, `reinstalled (the key file is missing)`.
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::None => f.write_str("up to date"),
+            Action::Renewed { cloud_id } | Action::Reexported { cloud_id } => {
+                write!(f, "{} (certificate {cloud_id})", self.as_str())
+            }
+            Action::Reinstalled { reason } => write!(f, "reinstalled ({reason})"),
+            Action::WouldDo(steps) => write!(f, "dry run ({} steps)", steps.len()),
         }
     }
 }
@@ -140,6 +163,8 @@ pub struct CheckReport {
     pub warnings: Vec<String>,
     /// Whether any output file changed (the daemon reloads consumers when it did).
     pub install_changed: bool,
+    /// Why the files changed (renewal due, forced, a file missing, …), for the logs.
+    pub reason: Option<String>,
 }
 
 impl CheckReport {
@@ -152,6 +177,7 @@ impl CheckReport {
             next_renewal: None,
             warnings: Vec::new(),
             install_changed: false,
+            reason: None,
         }
     }
 }
@@ -275,6 +301,18 @@ impl Renewer {
             && r.install_changed
         {
             slot.changes.fetch_add(1, Ordering::SeqCst);
+            let installed = r.installed.as_ref();
+            tracing::info!(
+                event = %Event::Installed,
+                certificate = %cert.name,
+                action = %r.action.as_str(),
+                cloud_id = r.action.cloud_id().map(tracing::field::display),
+                reason = r.reason.as_deref().map(tracing::field::display),
+                fingerprint = installed.map(|i| tracing::field::display(&i.fingerprint_sha256)),
+                serial = installed.map(|i| tracing::field::display(&i.serial)),
+                not_after = installed.map(|i| tracing::field::display(rfc3339(i.not_after))),
+                "installed"
+            );
         }
         let mut result = result;
         if let Ok(r) = &mut result

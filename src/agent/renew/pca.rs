@@ -28,6 +28,7 @@ use crate::config::{
     ExtendedKeyUsage, ManagedCertificate, PcaMode, PcaSource, SubjectAltName, ValidityUnit,
 };
 use crate::install::{self, Candidate, InstalledState};
+use crate::logging::Event;
 use crate::pki;
 use crate::policy::{self, Decision, Lifetime};
 
@@ -509,7 +510,7 @@ impl Renewer {
         reuse_key: Option<String>,
     ) -> Result<CheckReport, RenewError> {
         let name = cert.name.as_str();
-        tracing::info!(certificate = %name, %reason, mode = mode_str(src.mode), "issuing");
+        tracing::info!(certificate = %name, %reason, mode = %mode_str(src.mode), "issuing");
         let anchor = self.issuer_anchor(name, src, true).await?;
         let now = self.now();
         let (id, key_pem) = match src.mode {
@@ -557,7 +558,8 @@ impl Renewer {
                 (self.after_create(name, src, r, STEP_APPLY)?, None)
             }
         };
-        tracing::info!(certificate = %name, certificate_id = %id, "issued");
+        tracing::info!(event = %Event::Issued, certificate = %name, cloud_id = %id, %reason, "issued");
+        report.reason = Some(reason.to_owned());
         report.action = Action::Renewed {
             cloud_id: id.clone(),
         };
@@ -699,9 +701,10 @@ impl Renewer {
                 "installed, but the journal entry could not be cleared (the next check re-adopts it harmlessly): {e}"
             ));
         }
-        tracing::info!(
-            certificate = %name, certificate_id = %id, serial = %bundle.leaf().serial_hex,
-            changed = outcome.changed, "installed"
+        // The `installed` event itself is logged once per check, by `Renewer::check`.
+        tracing::debug!(
+            certificate = %name, cloud_id = %id, serial = %bundle.leaf().serial_hex,
+            changed = outcome.changed, "adopted"
         );
         if matches!(report.action, Action::None) {
             report.action = Action::Renewed {
@@ -865,6 +868,7 @@ impl Renewer {
             },
         };
         let anchor = self.issuer_anchor(name, src, false).await?;
+        report.reason = Some("finishing an interrupted issuance".into());
         report.action = Action::Renewed {
             cloud_id: id.clone(),
         };
@@ -1015,7 +1019,8 @@ impl Renewer {
             .await?
         {
             Some(outcome) => {
-                tracing::info!(certificate = %name, %reason, "re-installed the last good copy");
+                tracing::debug!(certificate = %name, %reason, "re-installed the last good copy");
+                report.reason = Some(reason.clone());
                 report.install_changed = outcome.changed;
                 report.installed = self.summary(cert);
                 let due = match &report.installed {

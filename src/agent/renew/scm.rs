@@ -346,7 +346,8 @@ impl Renewer {
                 report.action = Action::WouldDo(steps);
             }
             Need::Export(reason) => {
-                tracing::info!(certificate = %name, certificate_id = %best.id, %reason, "exporting from SCM");
+                tracing::info!(certificate = %name, cloud_id = %best.id, %reason, "exporting from SCM");
+                report.reason = Some(reason.clone());
                 self.scm_export_install(cert, sel, &best.id, record, &mut report)
                     .await?;
                 report.action = Action::Reexported {
@@ -354,6 +355,7 @@ impl Renewer {
                 };
             }
             Need::Reinstall(reason) => {
+                report.reason = Some(reason.clone());
                 match self
                     .reinstall_last_good(cert, &record, required_names(sel))
                     .await?

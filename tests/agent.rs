@@ -1080,7 +1080,7 @@ validity = {{ type = "DAY", value = 30 }}
     };
     // Twelve certificates issued, then twelve with nothing due.
     let out = renew();
-    assert_eq!(out.matches("Renewed").count(), 12, "{out}");
+    assert_eq!(out.matches(": renewed").count(), 12, "{out}");
     assert_eq!(writes(&rx), 1, "status file writes while issuing");
     let out = renew();
     assert_eq!(out.matches("up to date").count(), 12, "{out}");

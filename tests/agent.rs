@@ -1237,3 +1237,75 @@ async fn metrics_export_the_installed_certificates_through_an_outage() {
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
 }
+
+/// Deleting the state directory under a running daemon: the daemon takes its lock again (so a
+/// `renew` is still refused beside it) and recreates the layout, and its next renewal works
+/// (the journal directory is recreated, not "cannot create a temp file beside it").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_state_directory_is_recreated_and_its_lock_taken_again() {
+    let (emu, ca_id) = emulator_with_ca().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let text = config_text(dir.path(), &emu, &ca_id, &addr, "*/1 * * * * *");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, &text).expect("write config");
+    let config = Arc::new(Config::from_str(&text, "test.toml").expect("config"));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let run = spawn_daemon(&emu, config, listener, &shutdown);
+    wait_ready(&addr).await;
+    let cert_path = dir.path().join("live/web/cert.pem");
+    let first = fingerprint(&cert_path).expect("installed");
+    let issued = emu.shared().count_requests("pca.create_certificate_by_csr");
+    let state = dir.path().join("state");
+    std::fs::remove_dir_all(&state).expect("rm -rf state");
+
+    wait_for("the lock taken again", Duration::from_secs(30), || {
+        state.join(daemon::StateLock::FILE).exists()
+    })
+    .await;
+    let out = tokio::process::Command::new(bin())
+        .args(["renew", "web", "--config"])
+        .arg(&cfg)
+        .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
+        .output()
+        .await
+        .expect("run renew");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("in use") && stderr.contains("daemon"),
+        "{stderr}"
+    );
+
+    // With its record gone, the installed certificate is one the agent has no record of
+    // issuing: the pass that recreated the layout issued web again, through the recreated
+    // journal, once.
+    wait_for("the reissue", Duration::from_secs(60), || {
+        fingerprint(&cert_path).is_some_and(|f| f != first)
+    })
+    .await;
+    assert!(state.join("journal").is_dir());
+    wait_for("status file", Duration::from_secs(20), || {
+        StatusFile::load(&state)
+            .map(|s| {
+                s.certificates.iter().any(|c| {
+                    c.name == "web" && c.last_error.is_none() && c.last_result == "renewed"
+                })
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    assert_eq!(
+        emu.shared().count_requests("pca.create_certificate_by_csr"),
+        issued + 1
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("stops")
+        .expect("join")
+        .expect("run ok");
+}

@@ -68,6 +68,10 @@ impl StatusFile {
 
     fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
         let path = Self::path(state_dir);
+        if !state_dir.is_dir() {
+            crate::install::fsio::create_private_dir(state_dir)
+                .with_context(|| format!("recreating {}", state_dir.display()))?;
+        }
         let json = serde_json::to_vec_pretty(self)?;
         let attrs = crate::install::FileAttrs {
             mode: 0o644,
@@ -90,7 +94,9 @@ fn rfc3339(t: OffsetDateTime) -> String {
 /// when dropped (or when the process dies: it is an advisory `flock`).
 #[derive(Debug)]
 pub struct StateLock {
-    _file: std::fs::File,
+    file: std::fs::File,
+    path: PathBuf,
+    role: String,
 }
 
 impl StateLock {
@@ -113,7 +119,11 @@ impl StateLock {
                 // effort: the lock works without it.
                 let _ = file.set_len(0);
                 let _ = (&file).write_all(format!("{} {role}\n", std::process::id()).as_bytes());
-                Ok(Self { _file: file })
+                Ok(Self {
+                    file,
+                    path,
+                    role: role.to_owned(),
+                })
             }
             Err(std::fs::TryLockError::WouldBlock) => {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -142,6 +152,38 @@ impl StateLock {
             }
         }
     }
+
+    /// Whether the lock is still the state directory's: the file this process locked is the
+    /// one at its path. Someone who deletes the state directory (or the lock file) under a
+    /// running daemon takes the lock with it, and a `renew` could then run beside the daemon:
+    /// the daemon calls this on every pass and every few seconds, and takes the lock again
+    /// (`Ok(true)`). When another process took it meanwhile, the error says who, and the daemon
+    /// stops rather than run beside it.
+    pub fn ensure(&mut self) -> anyhow::Result<bool> {
+        use std::os::unix::fs::MetadataExt as _;
+        let held = self
+            .file
+            .metadata()
+            .with_context(|| format!("reading the lock {}", self.path.display()))?;
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() => return Ok(false),
+            Ok(_) | Err(_) => {}
+        }
+        let dir = fsio_parent(&self.path);
+        *self = Self::acquire(dir, &self.role).with_context(|| {
+            format!(
+                "the lock {} was removed under this {} and could not be taken again",
+                self.path.display(),
+                self.role
+            )
+        })?;
+        Ok(true)
+    }
+}
+
+/// The directory that holds a lock file.
+fn fsio_parent(path: &Path) -> &Path {
+    crate::install::fsio::parent_dir(path)
 }
 
 /// Build the cloud client from the configuration, reporting requests to `metrics`.
@@ -919,7 +961,7 @@ pub async fn run(
     credentials: Credentials,
     opts: RunOptions,
 ) -> anyhow::Result<()> {
-    let _lock = StateLock::acquire(&config.agent.state_dir, "daemon")?;
+    let mut lock = StateLock::acquire(&config.agent.state_dir, "daemon")?;
     let metrics = Metrics::with_clock(opts.clock.clone());
     let readiness = Readiness::new();
     let client = build_client(&config, credentials, Some(metrics.clone()))?;
@@ -980,7 +1022,12 @@ pub async fn run(
     readiness.set_ready(true);
     notifier.ready();
 
-    loop {
+    // The lock is checked every few seconds (a stat), so that a deleted state directory is
+    // noticed and its lock taken again before a `renew` can slip in beside this daemon.
+    let mut lock_check = tokio::time::interval(LOCK_CHECK_EVERY);
+    lock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fatal = None;
+    'outer: loop {
         // Besides the schedule, wake at the earliest certificate renewal time and when a
         // failed certificate's backoff ends.
         let wake = agent.next_wake();
@@ -992,6 +1039,15 @@ pub async fn run(
                 _ = tick.notified() => break,
                 _ = &mut sleep => break,
                 _ = next_watchdog(watchdog.as_mut()) => notifier.watchdog(),
+                _ = lock_check.tick() => match retake_lock(&mut lock) {
+                    Ok(false) => {}
+                    // Run a pass now: it recreates the layout of the state directory.
+                    Ok(true) => break,
+                    Err(e) => {
+                        fatal = Some(e);
+                        break 'outer;
+                    }
+                },
                 _ = check_now.recv() => {
                     tracing::info!("SIGUSR1: checking every certificate now");
                     agent.end_backoffs();
@@ -1024,6 +1080,10 @@ pub async fn run(
         if opts.shutdown.is_cancelled() {
             break;
         }
+        if let Err(e) = retake_lock(&mut lock) {
+            fatal = Some(e);
+            break;
+        }
         let summary = run_cycle(&agent, watchdog.as_mut(), &notifier, &opts.shutdown).await;
         tracing::info!(%summary, "check finished");
         if let Some(cb) = &opts.on_cycle {
@@ -1034,10 +1094,28 @@ pub async fn run(
     tracing::info!("shutting down");
     let mut scheduler = scheduler;
     let _ = scheduler.shutdown().await;
+    if fatal.is_some() {
+        opts.shutdown.cancel();
+    }
     if let Some(server) = server {
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     }
-    Ok(())
+    fatal.map_or(Ok(()), Err)
+}
+
+/// How often the daemon checks that its lock is still the state directory's.
+const LOCK_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// [`StateLock::ensure`], logged: `Ok(true)` when the lock had to be taken again.
+fn retake_lock(lock: &mut StateLock) -> anyhow::Result<bool> {
+    let retaken = lock.ensure()?;
+    if retaken {
+        tracing::warn!(
+            lock = %lock.path.display(),
+            "the state directory's lock file was removed under the running daemon; took it again and recreating the state directory"
+        );
+    }
+    Ok(retaken)
 }
 
 /// One pass over the certificates, feeding the systemd watchdog while it runs (the loop is

@@ -242,6 +242,7 @@ impl Journal {
                 });
             }
             (_, Some(pem)) => {
+                self.ensure_dir(name)?;
                 let path = self.key_path(name);
                 fsio::write_atomic(&path, pem.as_bytes(), &FileAttrs::PRIVATE)
                     .map_err(|source| fs_err(name, source))?;
@@ -351,7 +352,19 @@ impl Journal {
         Ok(out)
     }
 
+    /// Recreates the journal's directory when it is gone (someone deleted the state directory
+    /// under a running agent).
+    fn ensure_dir(&self, name: &str) -> Result<(), JournalError> {
+        if self.dir.is_dir() {
+            return Ok(());
+        }
+        fsio::create_private_dir(&self.dir)
+            .and_then(|()| fsio::sync_dir(fsio::parent_dir(&self.dir)))
+            .map_err(|source| fs_err(name, source))
+    }
+
     fn write(&self, entry: &Pending) -> Result<(), JournalError> {
+        self.ensure_dir(&entry.name)?;
         let mut bytes = serde_json::to_vec_pretty(entry).map_err(|e| JournalError::Corrupt {
             name: entry.name.clone(),
             path: self.entry_path(&entry.name),

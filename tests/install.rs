@@ -586,7 +586,8 @@ fn owner_and_group_by_id_and_by_name() {
     };
     let err = install::install(&b, &e.paths, &unknown, &e.state).unwrap_err();
     assert!(
-        err.to_string().contains("no-such-user-ccm") && err.to_string().contains("/etc/passwd"),
+        err.to_string().contains("no-such-user-ccm")
+            && err.to_string().contains("user database (getpwnam)"),
         "{err}"
     );
     assert!(!e.paths.key.exists());

@@ -1,6 +1,7 @@
 //! Durable file primitives: a temp file beside the target, written, owned and chmod-ed and
 //! fsynced before an atomic rename, then the directory fsynced; owner and group names resolved
-//! from `/etc/passwd` and `/etc/group` (no NSS, no `unsafe`).
+//! through the system's user database (`getpwnam_r`/`getgrnam_r`: NSS, so LDAP, SSSD and
+//! systemd-userdb users count as well as `/etc/passwd`).
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -243,30 +244,19 @@ impl fmt::Display for Principal {
     }
 }
 
-/// Looks a user name up in `/etc/passwd`.
+/// Looks a user name up through the system's user database (`getpwnam_r`, so every NSS source
+/// in `/etc/nsswitch.conf`); `Ok(None)` when no source knows it.
 pub fn lookup_user(name: &str) -> io::Result<Option<u32>> {
-    lookup_in(Path::new("/etc/passwd"), name)
+    nix::unistd::User::from_name(name)
+        .map(|u| u.map(|u| u.uid.as_raw()))
+        .map_err(io::Error::from)
 }
 
-/// Looks a group name up in `/etc/group`.
+/// Looks a group name up through the system's group database (`getgrnam_r`, NSS).
 pub fn lookup_group(name: &str) -> io::Result<Option<u32>> {
-    lookup_in(Path::new("/etc/group"), name)
-}
-
-/// Finds `name` in a passwd- or group-format file (`name:x:ID:...`) and returns its third field.
-pub fn lookup_in(file: &Path, name: &str) -> io::Result<Option<u32>> {
-    let text = fs::read_to_string(file)?;
-    Ok(lookup_in_text(&text, name))
-}
-
-fn lookup_in_text(text: &str, name: &str) -> Option<u32> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let mut fields = line.split(':');
-            (fields.next()? == name).then_some(())?;
-            fields.nth(1)?.trim().parse().ok()
-        })
+    nix::unistd::Group::from_name(name)
+        .map(|g| g.map(|g| g.gid.as_raw()))
+        .map_err(io::Error::from)
 }
 
 #[cfg(test)]
@@ -274,13 +264,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passwd_lookup() {
-        let text = "root:x:0:0:root:/root:/bin/bash\n#www-data:x:1:1\nwww-data:x:33:33:www:/var/www:/usr/sbin/nologin\nbad:x:notanumber:1\n";
-        assert_eq!(lookup_in_text(text, "root"), Some(0));
-        assert_eq!(lookup_in_text(text, "www-data"), Some(33));
-        assert_eq!(lookup_in_text(text, "www"), None);
-        assert_eq!(lookup_in_text(text, "bad"), None);
-        assert_eq!(lookup_in_text(text, "nobody"), None);
+    fn names_resolve_through_the_system_database() {
+        assert_eq!(lookup_user("root").unwrap(), Some(0));
+        assert_eq!(lookup_group("root").unwrap(), Some(0));
+        assert_eq!(lookup_user("no-such-user-ccm").unwrap(), None);
+        assert_eq!(lookup_group("no-such-group-ccm").unwrap(), None);
     }
 
     #[test]

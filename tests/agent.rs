@@ -887,7 +887,10 @@ fn renew_under_umask_000_sets_every_mode_itself() {
     let gid = rustix::process::getegid().as_raw();
     // The last certificate (api) gets a group: the agent's own, which it may always give.
     let text = config_text(dir.path(), &emu, &ca_id, "127.0.0.1:0", "0 0 * * * *")
-        + &format!("[certificates.output]\ngroup = {gid}\npkcs12 = \"{}/p12/api/api.p12\"\n", dir.path().display());
+        + &format!(
+            "[certificates.output]\ngroup = {gid}\npkcs12 = \"{}/p12/api/api.p12\"\n",
+            dir.path().display()
+        );
     let cfg = dir.path().join("agent.toml");
     std::fs::write(&cfg, text).expect("write config");
     let out = std::process::Command::new("sh")
@@ -927,10 +930,19 @@ fn renew_under_umask_000_sets_every_mode_itself() {
         ("p12/api/api.p12", 0o600),
     ];
     for (path, want) in expect {
-        assert_eq!(mode(&d.join(path)), want, "{path}: {:04o}", mode(&d.join(path)));
+        assert_eq!(
+            mode(&d.join(path)),
+            want,
+            "{path}: {:04o}",
+            mode(&d.join(path))
+        );
     }
     for path in ["live/api", "p12/api"] {
-        assert_eq!(std::fs::metadata(d.join(path)).unwrap().gid(), gid, "{path}");
+        assert_eq!(
+            std::fs::metadata(d.join(path)).expect("stat").gid(),
+            gid,
+            "{path}"
+        );
     }
     // Everything the agent created: nothing writable by group or others, and under the state
     // directory nothing readable by them either but the status file.
@@ -944,7 +956,8 @@ fn renew_under_umask_000_sets_every_mode_itself() {
             assert_eq!(m & 0o077, 0, "{} is {m:04o}", p.display());
         }
         if p.is_dir() {
-            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            let entries = std::fs::read_dir(&p).expect("read_dir");
+            todo.extend(entries.map(|e| e.expect("entry").path()));
         }
     }
     assert!(seen > 15, "only {seen} files and directories");

@@ -237,8 +237,9 @@ const CONFIG_COMMANDS: [&[&str]; 3] = [&["check"], &["run"], &["renew", "www"]];
 
 #[test]
 fn a_malformed_secret_line_is_not_echoed() {
-    let dir = tempfile::tempdir().unwrap();
-    let minimal = std::fs::read_to_string(config_dir().join("ccm-agent.minimal.toml")).unwrap();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let minimal = std::fs::read_to_string(config_dir().join("ccm-agent.minimal.toml"))
+        .expect("minimal example");
     let cases = [
         "[cloud.auth]\nsecret_key = \"TopSecret\n".to_owned(),
         format!("{minimal}\n[cloud.auth]\npassword = 'TopSecret\n"),
@@ -246,11 +247,14 @@ fn a_malformed_secret_line_is_not_echoed() {
     ];
     for (i, text) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, text).expect("write config");
         for args in CONFIG_COMMANDS {
             let (code, out) = run_with_config(args, &path);
             assert_eq!(code, Some(2), "{args:?} {text:?}: {out}");
-            assert!(!out.contains("TopSecret"), "{args:?} echoed the secret: {out}");
+            assert!(
+                !out.contains("TopSecret"),
+                "{args:?} echoed the secret: {out}"
+            );
             assert!(
                 out.contains("TOML parse error at line") && out.contains("<redacted>"),
                 "{args:?}: {out}"
@@ -261,13 +265,14 @@ fn a_malformed_secret_line_is_not_echoed() {
 
 #[test]
 fn an_error_in_a_huge_line_prints_a_bounded_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut text = std::fs::read_to_string(config_dir().join("ccm-agent.minimal.toml")).unwrap();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut text = std::fs::read_to_string(config_dir().join("ccm-agent.minimal.toml"))
+        .expect("minimal example");
     text.push_str("\nnote = \"");
     text.push_str(&"a".repeat(10 << 20));
     text.push('\n');
     let path = dir.path().join("huge.toml");
-    std::fs::write(&path, &text).unwrap();
+    std::fs::write(&path, &text).expect("write config");
     for args in CONFIG_COMMANDS {
         let (code, out) = run_with_config(args, &path);
         assert_eq!(code, Some(2), "{args:?}");
@@ -277,6 +282,9 @@ fn an_error_in_a_huge_line_prints_a_bounded_message() {
             out.len(),
             &out[..out.len().min(2000)]
         );
-        assert!(out.contains("huge.toml") && out.contains("line 20"), "{args:?}: {out}");
+        assert!(
+            out.contains("huge.toml") && out.contains("line 20"),
+            "{args:?}: {out}"
+        );
     }
 }

@@ -428,7 +428,9 @@ async fn scrapes_succeed_under_a_flood_of_idle_connections() {
             .get(server.url("/metrics"))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("scrape {round} with {} idle connections: {e:?}", idle.len()));
+            .unwrap_or_else(|e| {
+                panic!("scrape {round} with {} idle connections: {e:?}", idle.len())
+            });
         assert_eq!(resp.status().as_u16(), 200, "scrape {round}");
         let body = resp.text().await.unwrap();
         assert!(body.contains("ccm_agent_ready"), "scrape {round}: {body}");

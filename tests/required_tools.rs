@@ -2,6 +2,8 @@
 //! with the reason, elsewhere it passes after printing why it was skipped. Each case runs this
 //! test binary again, on the ignored probe test below, with `CI` set or not.
 
+#![allow(clippy::unwrap_used)]
+
 mod required;
 
 use std::process::{Command, Output};

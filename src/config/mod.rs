@@ -838,7 +838,14 @@ fn echo_line(line: &str, column: usize, hidden: bool) -> (String, usize) {
         .saturating_sub(ECHO_MAX_CHARS / 2)
         .min(len - ECHO_MAX_CHARS);
     let window: String = line.chars().skip(from).take(ECHO_MAX_CHARS).collect();
-    let (head, tail) = (if from > 0 { "..." } else { "" }, if from + ECHO_MAX_CHARS < len { "..." } else { "" });
+    let (head, tail) = (
+        if from > 0 { "..." } else { "" },
+        if from + ECHO_MAX_CHARS < len {
+            "..."
+        } else {
+            ""
+        },
+    );
     (
         format!("{head}{window}{tail}"),
         head.len() + (column - 1 - from).min(ECHO_MAX_CHARS),

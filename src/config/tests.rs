@@ -164,13 +164,19 @@ fn a_parse_error_echoes_at_most_a_window_of_a_long_line() {
     // The caret stays under the column: the window ends there, marked as cut before it.
     let lines: Vec<&str> = shown.lines().collect();
     let (echo, caret) = (lines[2], lines[3]);
-    assert!(echo.starts_with("2 | ...") && !echo.ends_with("..."), "{shown}");
+    assert!(
+        echo.starts_with("2 | ...") && !echo.ends_with("..."),
+        "{shown}"
+    );
     assert_eq!(caret.find('^'), Some(echo.chars().count()), "{shown}");
     // A long line cut on both sides around an early column.
     let early = format!("[cloud]\nregion = 5{}\n", " ".repeat(100_000));
     let shown = fail(&early).to_string();
     assert!(shown.len() < 1000, "{} bytes: {shown}", shown.len());
-    assert!(shown.contains("2 | region = 5") && shown.contains("   ..."), "{shown}");
+    assert!(
+        shown.contains("2 | region = 5") && shown.contains("   ..."),
+        "{shown}"
+    );
     // A type error quotes the value it rejected: capped too.
     let quoted = format!("[agent]\nconcurrency = \"{}\"\n", "a".repeat(100_000));
     let shown = fail(&quoted).to_string();

@@ -300,6 +300,7 @@ pub fn lookup_group(name: &str) -> io::Result<Option<u32>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -327,13 +328,20 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode(&existing.join("a")), 0o770);
         assert_eq!(mode(&existing.join("a/b")), 0o770);
-        assert_eq!(mode(&existing), 0o711, "an existing directory is left alone");
+        assert_eq!(
+            mode(&existing),
+            0o711,
+            "an existing directory is left alone"
+        );
         create_dir_all_with(&existing.join("a/b"), &FileAttrs::PRIVATE_DIR).unwrap();
         assert_eq!(mode(&existing.join("a/b")), 0o770);
         let file = existing.join("file");
         fs::write(&file, b"x").unwrap();
         let err = create_dir_all_with(&file.join("sub"), &attrs).unwrap_err();
-        assert!(err.to_string().contains("existing/file: File exists"), "{err}");
+        assert!(
+            err.to_string().contains("existing/file: File exists"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -173,7 +173,11 @@ pub(crate) fn run(
                 Role::Cert | Role::Chain | Role::Fullchain => FileAttrs::PUBLIC_DIR,
             };
             fsio::create_dir_all_with(parent, &attrs).map_err(|e| {
-                fs_err(FsError::new("create the directory for", &p.target, e.source))
+                fs_err(FsError::new(
+                    "create the directory for",
+                    &p.target,
+                    e.source,
+                ))
             })?;
         }
         if p.target.is_dir() {

@@ -140,6 +140,9 @@ mod ports;
 #[path = "../required/mod.rs"]
 pub mod required;
 pub use ports::free_port;
+/// For the benchmark, which reports a missing nginx as a skipped row.
+#[allow(unused_imports)]
+pub use required::find_binary;
 
 pub fn endpoint(port: u16) -> VerifyEndpoint {
     VerifyEndpoint {

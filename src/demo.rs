@@ -14,6 +14,7 @@ use ccm_agent::clock::Clock;
 use ccm_agent::cloud::Credentials;
 use ccm_agent::config::Config;
 use ccm_agent::emulator::{Emulator, EmulatorConfig, Seed};
+use ccm_agent::install::{FileAttrs, fsio};
 
 use crate::cli::DemoArgs;
 
@@ -86,7 +87,7 @@ name = "demo-app"
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let dir =
         std::path::absolute(&args.dir).with_context(|| format!("--dir {}", args.dir.display()))?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    fsio::create_private_dir(&dir)?;
 
     say!("Starting the built-in CCM emulator with demo data (generating CA keys)...");
     let emulator = Emulator::start(EmulatorConfig {
@@ -111,7 +112,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .replace("{domain_id}", aksk.domain_id.as_deref().unwrap_or_default())
         .replace("{ca_id}", &ca_id);
     let config_path = dir.join("ccm-agent.toml");
-    std::fs::write(&config_path, &text)
+    fsio::write_atomic(&config_path, text.as_bytes(), &FileAttrs::PRIVATE)
         .with_context(|| format!("writing {}", config_path.display()))?;
     let config = Config::from_str(&text, &config_path.display().to_string())?;
 

@@ -16,6 +16,7 @@ use ccm_agent::clock::Clock;
 use ccm_agent::cloud::Secret;
 use ccm_agent::config::{CertificateSource, Config, LogFormat};
 use ccm_agent::emulator::{Emulator, EmulatorConfig};
+use ccm_agent::install::{FileAttrs, fsio};
 use ccm_agent::logging;
 use cli::{CheckArgs, Cli, Command, EmulatorArgs, RenewArgs, StatusArgs};
 
@@ -343,12 +344,7 @@ fn renew(config: Config, args: RenewArgs) -> ExitCode {
         let (_lock, open): (_, fn(_, _, _, _, _) -> _) = if args.dry_run {
             (None, daemon::Agent::read_only)
         } else {
-            std::fs::create_dir_all(&config.agent.state_dir).with_context(|| {
-                format!(
-                    "agent.state_dir: creating {}",
-                    config.agent.state_dir.display()
-                )
-            })?;
+            fsio::create_private_dir(&config.agent.state_dir).context("agent.state_dir")?;
             (
                 Some(daemon::StateLock::acquire(
                     &config.agent.state_dir,
@@ -461,7 +457,12 @@ async fn run_emulator(args: EmulatorArgs) -> anyhow::Result<ExitCode> {
     };
     let emulator = Emulator::start(config).await?;
     if let (Some(path), Some(pem)) = (&args.tls_ca_out, emulator.tls_ca_pem()) {
-        std::fs::write(path, pem)
+        // A CA certificate: public, but its mode is not left to the umask.
+        let attrs = FileAttrs {
+            mode: 0o644,
+            ..FileAttrs::PRIVATE
+        };
+        fsio::write_atomic(path, pem.as_bytes(), &attrs)
             .with_context(|| format!("writing the TLS CA to {}", path.display()))?;
     }
     // The first line of stdout is the base URL: scripts and tests read it to find the port.

@@ -1309,3 +1309,91 @@ async fn a_deleted_state_directory_is_recreated_and_its_lock_taken_again() {
         .expect("join")
         .expect("run ok");
 }
+
+/// Under `umask 000`, `renew` still creates every directory and file with its own mode: the
+/// state directory and all below it private, the lock 0600, the directories holding keys 0700
+/// (0750 with the configured group), and nothing group- or world-writable.
+#[test]
+fn renew_under_umask_000_sets_every_mode_itself() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let (emu, ca_id) = rt.block_on(emulator_with_ca());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gid = rustix::process::getegid().as_raw();
+    // The last certificate (api) gets a group: the agent's own, which it may always give.
+    let text = config_text(dir.path(), &emu, &ca_id, "127.0.0.1:0", "0 0 * * * *")
+        + &format!(
+            "[certificates.output]\ngroup = {gid}\npkcs12 = \"{}/p12/api/api.p12\"\n",
+            dir.path().display()
+        );
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, text).expect("write config");
+    let out = std::process::Command::new("sh")
+        .args(["-c", r#"umask 000 && exec "$0" "$@""#])
+        .arg(bin())
+        .args(["renew", "web", "api", "--config"])
+        .arg(&cfg)
+        .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    let d = dir.path();
+    let expect = [
+        ("state", 0o700),
+        ("state/agent.lock", 0o600),
+        ("state/status.json", 0o644),
+        ("live/web", 0o700),
+        ("live/web/privkey.pem", 0o600),
+        ("live/web/cert.pem", 0o644),
+        ("live/web/fullchain.pem", 0o644),
+        ("live/api", 0o750),
+        ("live/api/privkey.pem", 0o600),
+        ("p12/api", 0o750),
+        ("p12/api/api.p12", 0o600),
+    ];
+    for (path, want) in expect {
+        assert_eq!(
+            mode(&d.join(path)),
+            want,
+            "{path}: {:04o}",
+            mode(&d.join(path))
+        );
+    }
+    for path in ["live/api", "p12/api"] {
+        assert_eq!(
+            std::fs::metadata(d.join(path)).expect("stat").gid(),
+            gid,
+            "{path}"
+        );
+    }
+    // Everything the agent created: nothing writable by group or others, and under the state
+    // directory nothing readable by them either but the status file.
+    let mut todo = vec![d.join("state"), d.join("live"), d.join("p12")];
+    let mut seen = 0;
+    while let Some(p) = todo.pop() {
+        let m = mode(&p);
+        seen += 1;
+        assert_eq!(m & 0o022, 0, "{} is {m:04o}", p.display());
+        if p.starts_with(d.join("state")) && !p.ends_with("status.json") {
+            assert_eq!(m & 0o077, 0, "{} is {m:04o}", p.display());
+        }
+        if p.is_dir() {
+            let entries = std::fs::read_dir(&p).expect("read_dir");
+            todo.extend(entries.map(|e| e.expect("entry").path()));
+        }
+    }
+    assert!(seen > 15, "only {seen} files and directories");
+}

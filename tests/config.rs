@@ -213,3 +213,78 @@ fn check_reads_overrides_from_its_environment() {
     assert!(out.contains("cloud.auth.secret_key"), "{out}");
     assert!(!out.contains("do-not-print-this-secret"), "{out}");
 }
+
+/// Runs `ccm-agent ARGS --config PATH` with no environment overrides; returns exit code and
+/// everything it printed.
+fn run_with_config(args: &[&str], path: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ccm-agent"))
+        .args(args)
+        .arg("--config")
+        .arg(path)
+        .env_remove("CCM_AGENT_CONFIG")
+        .output()
+        .expect("runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// The commands that load a configuration first: each must refuse it the same way.
+const CONFIG_COMMANDS: [&[&str]; 3] = [&["check"], &["run"], &["renew", "www"]];
+
+#[test]
+fn a_malformed_secret_line_is_not_echoed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let minimal = std::fs::read_to_string(config_dir().join("ccm-agent.minimal.toml"))
+        .expect("minimal example");
+    let cases = [
+        "[cloud.auth]\nsecret_key = \"TopSecret\n".to_owned(),
+        format!("{minimal}\n[cloud.auth]\npassword = 'TopSecret\n"),
+        "[cloud]\nauth = { secret_key = \"TopSecret }\n".to_owned(),
+    ];
+    for (i, text) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).expect("write config");
+        for args in CONFIG_COMMANDS {
+            let (code, out) = run_with_config(args, &path);
+            assert_eq!(code, Some(2), "{args:?} {text:?}: {out}");
+            assert!(
+                !out.contains("TopSecret"),
+                "{args:?} echoed the secret: {out}"
+            );
+            assert!(
+                out.contains("TOML parse error at line") && out.contains("<redacted>"),
+                "{args:?}: {out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_error_in_a_huge_line_prints_a_bounded_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut text = std::fs::read_to_string(config_dir().join("ccm-agent.minimal.toml"))
+        .expect("minimal example");
+    text.push_str("\nnote = \"");
+    text.push_str(&"a".repeat(10 << 20));
+    text.push('\n');
+    let path = dir.path().join("huge.toml");
+    std::fs::write(&path, &text).expect("write config");
+    for args in CONFIG_COMMANDS {
+        let (code, out) = run_with_config(args, &path);
+        assert_eq!(code, Some(2), "{args:?}");
+        assert!(
+            out.len() < 2000,
+            "{args:?} printed {} bytes: {}",
+            out.len(),
+            &out[..out.len().min(2000)]
+        );
+        assert!(
+            out.contains("huge.toml") && out.contains("line 20"),
+            "{args:?}: {out}"
+        );
+    }
+}

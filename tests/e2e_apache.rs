@@ -10,7 +10,8 @@
 //!
 //! Finally the configuration is repaired and a renewal goes through again.
 //!
-//! Skipped (with a message) when apache2/httpd or mod_ssl is not installed; CI installs apache2.
+//! Without apache2/httpd and mod_ssl it fails under CI (`CI=true`; CI installs apache2) and is
+//! skipped with a message elsewhere.
 
 #![allow(clippy::unwrap_used)]
 

@@ -32,6 +32,9 @@ use ccm_agent::pki::{
 use time::OffsetDateTime;
 use time::macros::datetime;
 
+/// A missing NSS module fails the NSS test under CI and skips it elsewhere.
+mod required;
+
 const NOW: OffsetDateTime = datetime!(2026-06-01 12:00 UTC);
 
 struct Ca {
@@ -586,7 +589,8 @@ fn owner_and_group_by_id_and_by_name() {
     };
     let err = install::install(&b, &e.paths, &unknown, &e.state).unwrap_err();
     assert!(
-        err.to_string().contains("no-such-user-ccm") && err.to_string().contains("/etc/passwd"),
+        err.to_string().contains("no-such-user-ccm")
+            && err.to_string().contains("user database (getpwnam)"),
         "{err}"
     );
     assert!(!e.paths.key.exists());
@@ -932,4 +936,67 @@ fn an_unrecoverable_transaction_blocks_only_its_own_certificate() {
     let err = install::recover(&e.state).unwrap_err();
     assert!(err.to_string().contains("other"), "{err}");
     assert!(broken.join("manifest.json").is_file());
+}
+
+/// A user and a group that only NSS knows, not `/etc/passwd` or `/etc/group`: systemd userdb
+/// drop-ins in `/run/userdb`, which nss-systemd serves (Debian's libnss-systemd adds `systemd`
+/// to the passwd and group lines of `/etc/nsswitch.conf`). The installed files get their ids.
+#[test]
+fn owner_and_group_known_only_through_nss_are_resolved() {
+    use nix::unistd::{Gid, Group, Uid, User};
+    if !is_root() {
+        required::missing("writing /run/userdb and chown need root", "run as root");
+        return;
+    }
+    let name = format!("ccmnss{}", std::process::id());
+    for file in ["/etc/passwd", "/etc/group"] {
+        let text = fs::read_to_string(file).unwrap();
+        assert!(!text.contains(&name), "{name} is in {file}");
+    }
+    let id = (61000..62000)
+        .find(|&id| {
+            User::from_uid(Uid::from_raw(id)).unwrap().is_none()
+                && Group::from_gid(Gid::from_raw(id)).unwrap().is_none()
+        })
+        .expect("a free id in 61000..62000");
+    struct Dropins(Vec<PathBuf>);
+    impl Drop for Dropins {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = fs::remove_file(p);
+            }
+        }
+    }
+    let dir = Path::new("/run/userdb");
+    fs::create_dir_all(dir).unwrap();
+    let dropins = Dropins(vec![
+        dir.join(format!("{name}.user")),
+        dir.join(format!("{name}.group")),
+    ]);
+    let user = serde_json::json!({"userName": name, "uid": id, "gid": id,
+        "disposition": "regular", "homeDirectory": "/nonexistent", "shell": "/usr/sbin/nologin"});
+    let group = serde_json::json!({"groupName": name, "gid": id, "disposition": "regular"});
+    fs::write(&dropins.0[0], user.to_string()).unwrap();
+    fs::write(&dropins.0[1], group.to_string()).unwrap();
+    if User::from_name(&name).unwrap().is_none() || Group::from_name(&name).unwrap().is_none() {
+        required::missing(
+            "nss-systemd does not serve /run/userdb (`systemd` missing from the passwd and group \
+             lines of /etc/nsswitch.conf?)",
+            "apt-get install libnss-systemd",
+        );
+        return;
+    }
+
+    let e = env();
+    let spec = FileSpec {
+        owner: Some(Principal::Name(name.clone())),
+        group: Some(Principal::Name(name.clone())),
+        ..FileSpec::default()
+    };
+    install::install(&verified(&leaf()), &e.paths, &spec, &e.state).unwrap();
+    for p in [&e.paths.cert, &e.paths.key] {
+        let m = fs::metadata(p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (id, id), "{p:?}");
+    }
+    drop(dropins);
 }

@@ -5,7 +5,8 @@
 //! emulator's clock makes the agent install a certificate that expires a day from now, the
 //! expiry alerts go to `firing` for that certificate.
 //!
-//! Skipped (with a message) when prometheus is not installed; CI installs it.
+//! Needs prometheus and promtool (Debian's `prometheus`): without them the test fails under CI
+//! (`CI=true`, which installs them) and is skipped with a message elsewhere.
 
 #![allow(clippy::unwrap_used)]
 
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 mod ports;
 use ports::free_port;
+mod required;
 
 const DAY: i64 = 86_400;
 /// The certificates' lifetime, as configured below.
@@ -37,13 +39,6 @@ const VALIDITY_DAYS: i64 = 30;
 const BACK_DAYS: i64 = 29;
 /// Generous for a loaded 2-core CI machine; a passing run needs a few seconds per step.
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
 
 /// Poll `f` every 250 ms until it returns `Ok`, or fail after `limit` with the last reason.
 async fn poll<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
@@ -348,8 +343,10 @@ fn alert_named<'a>(alerts: &'a [Value], name: &str) -> Vec<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_agent_and_fires_the_expiry_alerts() {
-    let Some(prometheus) = find_binary("prometheus") else {
-        eprintln!("skipped: prometheus is not installed (apt-get install prometheus)");
+    let Some(prometheus) = required::binary(&["prometheus"], "prometheus") else {
+        return;
+    };
+    let Some(promtool) = required::binary(&["promtool"], "prometheus") else {
         return;
     };
     ccm_agent::cloud::install_crypto_provider();
@@ -413,19 +410,17 @@ scrape_configs:
         ),
     )
     .unwrap();
-    if let Some(promtool) = find_binary("promtool") {
-        let out = Command::new(promtool)
-            .args(["check", "config"])
-            .arg(&prom_config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "promtool check config:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = Command::new(&promtool)
+        .args(["check", "config"])
+        .arg(&prom_config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check config:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let prom = Prometheus::start(&prometheus, dir.path(), &prom_config).await;
 
     let (_, _, up) = prom.single_eventually(r#"up{job="ccm-agent"}"#, 1.0).await;

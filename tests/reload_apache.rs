@@ -9,7 +9,8 @@
 //! The served-certificate check is what notices; the rollback's `-k graceful` starts the server
 //! again on the old files.
 //!
-//! Skipped (with a message) when apache2/httpd is not installed; CI installs apache2.
+//! Without apache2/httpd it fails under CI (`CI=true`; CI installs apache2) and is skipped with a
+//! message elsewhere.
 
 #![allow(clippy::unwrap_used)]
 

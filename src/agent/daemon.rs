@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -104,15 +105,18 @@ impl StateLock {
 
     /// Takes the lock for `role` (`daemon` or `renew`), or says who holds it.
     pub fn acquire(state_dir: &Path, role: &str) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("agent.state_dir: creating {}", state_dir.display()))?;
+        crate::install::fsio::create_private_dir(state_dir).context("agent.state_dir")?;
         let path = state_dir.join(Self::FILE);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
+        // Whatever the umask, and for a file an older version created with a looser mode.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
         match file.try_lock() {
             Ok(()) => {
                 // Who holds it ("PID ROLE"), for the message another process prints. Best
@@ -310,12 +314,8 @@ impl Agent {
         read_only: bool,
     ) -> anyhow::Result<Self> {
         if !read_only {
-            std::fs::create_dir_all(&config.agent.state_dir).with_context(|| {
-                format!(
-                    "agent.state_dir: creating {}",
-                    config.agent.state_dir.display()
-                )
-            })?;
+            crate::install::fsio::create_private_dir(&config.agent.state_dir)
+                .context("agent.state_dir")?;
         }
         let reload_metrics = crate::reload::metrics::ReloadMetrics::register(metrics.registry())
             .context("registering reload metrics")?;

@@ -644,7 +644,11 @@ impl Config {
             toml::Value::Table(table)
                 .try_into()
                 .map_err(|e: toml::de::Error| {
-                    ConfigError::one(&source, "", e.to_string().trim_end())
+                    ConfigError::one(
+                        &source,
+                        "",
+                        truncate_chars(e.to_string().trim_end(), MESSAGE_MAX_CHARS),
+                    )
                 })?;
         Self::from_raw(raw, &source)
     }
@@ -755,22 +759,103 @@ impl Config {
     }
 }
 
+/// How much of a source line a parse error echoes: a window around the error's column.
+const ECHO_MAX_CHARS: usize = 200;
+/// How much of the parser's message is kept: enough for the list of known keys that an unknown
+/// key gets, not a whole value that a type error quotes.
+const MESSAGE_MAX_CHARS: usize = 1000;
+/// Words that make an echoed line a secret's: its value is not shown.
+const SECRET_WORDS: [&str; 5] = ["secret", "password", "passwd", "token", "private"];
+
+/// A TOML syntax or type error, rendered like toml's own (location, the line, a caret, the
+/// message), except that the echoed line is cut to [`ECHO_MAX_CHARS`] around the column, a line
+/// that sets a secret (or lies inside a multi-line string) is not shown, and the message is
+/// capped: an error must neither print a secret nor flood the terminal.
 fn toml_error(text: &str, source_name: &str, e: &toml::de::Error) -> ConfigError {
-    let position = e.span().map(|span| {
-        let before = &text[..span.start.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        (line, column)
+    let message = truncate_chars(e.message().trim_end(), MESSAGE_MAX_CHARS);
+    let located = e.span().map(|span| {
+        let start = floor_char_boundary(text, span.start.min(text.len()));
+        let before = &text[..start];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line_no = before.matches('\n').count() + 1;
+        let column = before[line_start..].chars().count() + 1;
+        let line = text[line_start..].split('\n').next().unwrap_or("");
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let in_multiline_string = before[..line_start].matches("\"\"\"").count() % 2 == 1
+            || before[..line_start].matches("\'\'\'").count() % 2 == 1;
+        let (echo, caret) = echo_line(line, column, in_multiline_string);
+        let gutter = " ".repeat(line_no.to_string().len());
+        let rendered = format!(
+            "TOML parse error at line {line_no}, column {column}\n{gutter} |\n{line_no} | {echo}\n\
+             {gutter} | {}^\n{message}",
+            " ".repeat(caret)
+        );
+        (rendered, (line_no, column))
     });
+    let (message, position) = match located {
+        Some((rendered, position)) => (rendered, Some(position)),
+        None => (format!("TOML parse error: {message}"), None),
+    };
     ConfigError {
         source_name: source_name.to_owned(),
         problems: vec![Problem {
             key: String::new(),
-            // toml's own rendering: "TOML parse error at line L, column C", the line, a caret.
-            message: e.to_string().trim_end().to_owned(),
+            message,
             position,
         }],
     }
+}
+
+/// What a parse error shows of `line` (1-based `column`), and the caret's offset in it.
+fn echo_line(line: &str, column: usize, hidden: bool) -> (String, usize) {
+    if hidden {
+        return ("<inside a multi-line string: not shown>".to_owned(), 0);
+    }
+    let lower = line.to_ascii_lowercase();
+    if SECRET_WORDS.iter().any(|w| lower.contains(w)) {
+        let echo = match line.split_once('=') {
+            Some((key, _)) => format!("{}= <redacted>", truncate_chars(key, ECHO_MAX_CHARS)),
+            None => "<redacted: the line may hold a secret>".to_owned(),
+        };
+        let caret = (column - 1).min(echo.chars().count());
+        return (echo, caret);
+    }
+    let len = line.chars().count();
+    if len <= ECHO_MAX_CHARS {
+        return (line.to_owned(), column - 1);
+    }
+    // A window of ECHO_MAX_CHARS around the column, marked where it was cut.
+    let from = (column - 1)
+        .saturating_sub(ECHO_MAX_CHARS / 2)
+        .min(len - ECHO_MAX_CHARS);
+    let window: String = line.chars().skip(from).take(ECHO_MAX_CHARS).collect();
+    let (head, tail) = (
+        if from > 0 { "..." } else { "" },
+        if from + ECHO_MAX_CHARS < len {
+            "..."
+        } else {
+            ""
+        },
+    );
+    (
+        format!("{head}{window}{tail}"),
+        head.len() + (column - 1 - from).min(ECHO_MAX_CHARS),
+    )
+}
+
+/// `s` cut to `max` characters, with `...` where it was cut.
+fn truncate_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
 }
 
 fn check_agent(c: &mut Checker, a: &raw::RawAgent) -> Option<AgentSettings> {

@@ -129,6 +129,64 @@ fn toml_syntax_errors_keep_line_and_column() {
 }
 
 #[test]
+fn a_parse_error_does_not_echo_a_secret() {
+    for text in [
+        "[cloud.auth]\nsecret_key = \"TopSecret\n",
+        "[cloud.auth]\nsecurity_token = TopSecret\n",
+        "[cloud]\nauth = { password = \"TopSecret }\n",
+        "[[certificates]]\nname = \"a\"\noutput = { pkcs12_password = 'TopSecret }\n",
+        // Not a parse error but an unknown key: the line is echoed all the same.
+        "[agent]\nPassword = \"TopSecret\"\n",
+    ] {
+        let e = fail(text);
+        let shown = e.to_string();
+        assert!(!shown.contains("TopSecret"), "{text:?}: {shown}");
+        assert!(shown.contains("<redacted>"), "{text:?}: {shown}");
+        assert!(e.problems[0].position.is_some(), "{text:?}: {shown}");
+    }
+    // Inside a multi-line string the line says nothing of whose value it is.
+    let e = fail("[cloud.auth]\nsecret_key = \"\"\"\nTopSecret\\q\n\"\"\"\n");
+    let shown = e.to_string();
+    assert!(!shown.contains("TopSecret"), "{shown}");
+    assert!(shown.contains("line 3"), "{shown}");
+    // Other lines are still shown.
+    let e = fail("[cloud]\nregion = \"ap-southeast-1\n");
+    assert!(e.to_string().contains("region = \"ap-southeast-1"), "{e}");
+}
+
+#[test]
+fn a_parse_error_echoes_at_most_a_window_of_a_long_line() {
+    let long = format!("[cloud]\nregion = \"{}\n", "a".repeat(100_000));
+    let e = fail(&long);
+    let shown = e.to_string();
+    assert!(shown.len() < 1000, "{} bytes: {shown}", shown.len());
+    assert_eq!(e.problems[0].position, Some((2, 100_011)));
+    // The caret stays under the column: the window ends there, marked as cut before it.
+    let lines: Vec<&str> = shown.lines().collect();
+    let (echo, caret) = (lines[2], lines[3]);
+    assert!(
+        echo.starts_with("2 | ...") && !echo.ends_with("..."),
+        "{shown}"
+    );
+    assert_eq!(caret.find('^'), Some(echo.chars().count()), "{shown}");
+    // A long line cut on both sides around an early column.
+    let early = format!("[cloud]\nregion = 5{}\n", " ".repeat(100_000));
+    let shown = fail(&early).to_string();
+    assert!(shown.len() < 1000, "{} bytes: {shown}", shown.len());
+    assert!(
+        shown.contains("2 | region = 5") && shown.contains("   ..."),
+        "{shown}"
+    );
+    // A type error quotes the value it rejected: capped too.
+    let quoted = format!("[agent]\nconcurrency = \"{}\"\n", "a".repeat(100_000));
+    let shown = fail(&quoted).to_string();
+    assert!(shown.len() < 2000, "{} bytes: {shown}", shown.len());
+    // Multi-byte characters are cut on character boundaries.
+    let wide = format!("[cloud]\nregion = \"{}\n", "é".repeat(10_000));
+    assert!(fail(&wide).to_string().chars().count() < 1000);
+}
+
+#[test]
 fn every_problem_is_reported_with_its_key() {
     let text = format!(
         r#"

@@ -1,6 +1,7 @@
 //! Durable file primitives: a temp file beside the target, written, owned and chmod-ed and
 //! fsynced before an atomic rename, then the directory fsynced; owner and group names resolved
-//! from `/etc/passwd` and `/etc/group` (no NSS, no `unsafe`).
+//! through the system's user database (`getpwnam_r`/`getgrnam_r`: NSS, so LDAP, SSSD and
+//! systemd-userdb users count as well as `/etc/passwd`).
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -48,6 +49,30 @@ impl FileAttrs {
         uid: None,
         gid: None,
     };
+
+    /// A private directory owned by whoever runs the agent (state, journal, lock).
+    pub const PRIVATE_DIR: FileAttrs = FileAttrs {
+        mode: 0o700,
+        uid: None,
+        gid: None,
+    };
+
+    /// A directory for public files (certificates, chains) that the agent creates.
+    pub const PUBLIC_DIR: FileAttrs = FileAttrs {
+        mode: 0o755,
+        uid: None,
+        gid: None,
+    };
+
+    /// A directory the agent creates for a key (or PKCS#12 file) with these attributes: owned
+    /// like the key, 0750 when a group is configured (so the group can reach the key), else 0700.
+    pub fn key_dir(key: &FileAttrs) -> FileAttrs {
+        FileAttrs {
+            mode: if key.gid.is_some() { 0o750 } else { 0o700 },
+            uid: key.uid,
+            gid: key.gid,
+        }
+    }
 
     /// Whether `meta` already has this mode and ownership.
     pub fn matches(&self, meta: &fs::Metadata) -> bool {
@@ -159,13 +184,29 @@ pub fn remove_dir_if_exists(path: &Path) -> Result<(), FsError> {
     }
 }
 
-/// Creates a directory (and its parents) with mode 0700 for the new ones.
+/// Creates a directory (and its parents) with mode 0700 for the new ones, whatever the umask.
 pub fn create_private_dir(path: &Path) -> Result<(), FsError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|e| FsError::new("create directory", path, e))
+    create_dir_all_with(path, &FileAttrs::PRIVATE_DIR)
+}
+
+/// Creates `path` and its missing parents, each new one given `attrs` (owner and group first,
+/// then the mode) whatever the umask, which only ever removes bits from what `mkdir` is asked
+/// for. Directories that exist are left as they are.
+pub fn create_dir_all_with(path: &Path, attrs: &FileAttrs) -> Result<(), FsError> {
+    let missing: Vec<&Path> = path
+        .ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .take_while(|p| !p.is_dir())
+        .collect();
+    for dir in missing.into_iter().rev() {
+        match fs::DirBuilder::new().mode(attrs.mode & 0o777).create(dir) {
+            Ok(()) => fix_attrs(dir, attrs)?,
+            // Created meanwhile by someone else: theirs, like any existing directory.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => return Err(FsError::new("create directory", dir, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Reads a file; `Ok(None)` when it does not exist.
@@ -243,44 +284,64 @@ impl fmt::Display for Principal {
     }
 }
 
-/// Looks a user name up in `/etc/passwd`.
+/// Looks a user name up through the system's user database (`getpwnam_r`, so every NSS source
+/// in `/etc/nsswitch.conf`); `Ok(None)` when no source knows it.
 pub fn lookup_user(name: &str) -> io::Result<Option<u32>> {
-    lookup_in(Path::new("/etc/passwd"), name)
+    nix::unistd::User::from_name(name)
+        .map(|u| u.map(|u| u.uid.as_raw()))
+        .map_err(io::Error::from)
 }
 
-/// Looks a group name up in `/etc/group`.
+/// Looks a group name up through the system's group database (`getgrnam_r`, NSS).
 pub fn lookup_group(name: &str) -> io::Result<Option<u32>> {
-    lookup_in(Path::new("/etc/group"), name)
-}
-
-/// Finds `name` in a passwd- or group-format file (`name:x:ID:...`) and returns its third field.
-pub fn lookup_in(file: &Path, name: &str) -> io::Result<Option<u32>> {
-    let text = fs::read_to_string(file)?;
-    Ok(lookup_in_text(&text, name))
-}
-
-fn lookup_in_text(text: &str, name: &str) -> Option<u32> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let mut fields = line.split(':');
-            (fields.next()? == name).then_some(())?;
-            fields.nth(1)?.trim().parse().ok()
-        })
+    nix::unistd::Group::from_name(name)
+        .map(|g| g.map(|g| g.gid.as_raw()))
+        .map_err(io::Error::from)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
-    fn passwd_lookup() {
-        let text = "root:x:0:0:root:/root:/bin/bash\n#www-data:x:1:1\nwww-data:x:33:33:www:/var/www:/usr/sbin/nologin\nbad:x:notanumber:1\n";
-        assert_eq!(lookup_in_text(text, "root"), Some(0));
-        assert_eq!(lookup_in_text(text, "www-data"), Some(33));
-        assert_eq!(lookup_in_text(text, "www"), None);
-        assert_eq!(lookup_in_text(text, "bad"), None);
-        assert_eq!(lookup_in_text(text, "nobody"), None);
+    fn names_resolve_through_the_system_database() {
+        assert_eq!(lookup_user("root").unwrap(), Some(0));
+        assert_eq!(lookup_group("root").unwrap(), Some(0));
+        assert_eq!(lookup_user("no-such-user-ccm").unwrap(), None);
+        assert_eq!(lookup_group("no-such-group-ccm").unwrap(), None);
+    }
+
+    #[test]
+    fn new_directories_get_their_mode_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let existing = dir.path().join("existing");
+        fs::create_dir(&existing).unwrap();
+        fs::set_permissions(&existing, fs::Permissions::from_mode(0o711)).unwrap();
+        let attrs = FileAttrs {
+            mode: 0o770,
+            ..FileAttrs::PRIVATE
+        };
+        // The test process's umask (typically 022) would take the group's write bit: the mode
+        // is set after mkdir.
+        create_dir_all_with(&existing.join("a/b"), &attrs).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&existing.join("a")), 0o770);
+        assert_eq!(mode(&existing.join("a/b")), 0o770);
+        assert_eq!(
+            mode(&existing),
+            0o711,
+            "an existing directory is left alone"
+        );
+        create_dir_all_with(&existing.join("a/b"), &FileAttrs::PRIVATE_DIR).unwrap();
+        assert_eq!(mode(&existing.join("a/b")), 0o770);
+        let file = existing.join("file");
+        fs::write(&file, b"x").unwrap();
+        let err = create_dir_all_with(&file.join("sub"), &attrs).unwrap_err();
+        assert!(
+            err.to_string().contains("existing/file: File exists"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -92,12 +92,13 @@ pub enum InstallError {
         forward: FsError,
         rollback: FsError,
     },
-    #[error("certificate {name}: unknown {kind} {principal:?} (not in {file})")]
+    #[error("certificate {name}: unknown {kind} {principal:?} (not found by {database})")]
     UnknownPrincipal {
         name: String,
         kind: &'static str,
         principal: String,
-        file: &'static str,
+        /// Where it was looked up: `getpwnam` or `getgrnam` (every NSS source).
+        database: &'static str,
     },
     #[error("certificate {name}: no previous version to restore")]
     NoPrevious { name: String },
@@ -218,9 +219,10 @@ impl fmt::Debug for Pkcs12Output {
 /// Owner, group and modes of the installed files.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileSpec {
-    /// Owner by name (looked up in `/etc/passwd`) or numeric id; `None` keeps the agent's.
+    /// Owner by name (looked up with `getpwnam_r`: `/etc/passwd` and any other NSS source) or
+    /// numeric id; `None` keeps the agent's.
     pub owner: Option<Principal>,
-    /// Group by name (looked up in `/etc/group`) or numeric id; `None` keeps the agent's.
+    /// Group by name (looked up with `getgrnam_r`, NSS) or numeric id; `None` keeps the agent's.
     pub group: Option<Principal>,
     pub cert_mode: u32,
     pub key_mode: u32,
@@ -240,8 +242,8 @@ impl Default for FileSpec {
 impl FileSpec {
     /// Resolves names to ids: `(attrs for public files, attrs for the key and PKCS#12)`.
     pub fn resolve(&self, name: &str) -> Result<(FileAttrs, FileAttrs), InstallError> {
-        let uid = resolve_principal(name, self.owner.as_ref(), "user", "/etc/passwd")?;
-        let gid = resolve_principal(name, self.group.as_ref(), "group", "/etc/group")?;
+        let uid = resolve_principal(name, self.owner.as_ref(), USER_DATABASE)?;
+        let gid = resolve_principal(name, self.group.as_ref(), GROUP_DATABASE)?;
         Ok((
             FileAttrs {
                 mode: self.cert_mode,
@@ -257,28 +259,35 @@ impl FileSpec {
     }
 }
 
+/// What a principal is, where it is looked up, and how.
+type Database = (
+    &'static str,
+    &'static str,
+    fn(&str) -> std::io::Result<Option<u32>>,
+);
+const USER_DATABASE: Database = ("user", "the user database (getpwnam)", fsio::lookup_user);
+const GROUP_DATABASE: Database = ("group", "the group database (getgrnam)", fsio::lookup_group);
+
 fn resolve_principal(
     name: &str,
     p: Option<&Principal>,
-    kind: &'static str,
-    file: &'static str,
+    (kind, database, lookup): Database,
 ) -> Result<Option<u32>, InstallError> {
-    let unknown = || InstallError::UnknownPrincipal {
-        name: name.to_string(),
-        kind,
-        principal: p.map(|p| p.to_string()).unwrap_or_default(),
-        file,
-    };
     match p {
         None => Ok(None),
         Some(Principal::Id(id)) => Ok(Some(*id)),
-        Some(Principal::Name(n)) => fsio::lookup_in(Path::new(file), n)
+        Some(Principal::Name(n)) => lookup(n)
             .map_err(|e| InstallError::Fs {
                 name: name.to_string(),
-                source: FsError::new("read", Path::new(file), e),
+                source: FsError::new("look up", Path::new(n), e),
             })?
             .map(Some)
-            .ok_or_else(unknown),
+            .ok_or_else(|| InstallError::UnknownPrincipal {
+                name: name.to_string(),
+                kind,
+                principal: n.clone(),
+                database,
+            }),
     }
 }
 

@@ -166,10 +166,19 @@ pub(crate) fn run(
     for p in &planned {
         let parent = fsio::parent_dir(&p.target);
         if !parent.is_dir() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .create(parent)
-                .map_err(|e| fs_err(FsError::new("create the directory for", &p.target, e)))?;
+            // The key goes first (the sort above), so a directory it shares with certificates
+            // gets the key's protection.
+            let attrs = match p.role {
+                Role::Key | Role::Pkcs12 => FileAttrs::key_dir(&p.attrs),
+                Role::Cert | Role::Chain | Role::Fullchain => FileAttrs::PUBLIC_DIR,
+            };
+            fsio::create_dir_all_with(parent, &attrs).map_err(|e| {
+                fs_err(FsError::new(
+                    "create the directory for",
+                    &p.target,
+                    e.source,
+                ))
+            })?;
         }
         if p.target.is_dir() {
             return Err(fs_err(FsError::new(

@@ -1,8 +1,14 @@
 //! The readiness latch and the HTTP server for `/metrics`, `/healthz` and `/readyz`.
+//!
+//! At most [`MAX_CONNECTIONS`] connections are open at once, each with a bounded read buffer.
+//! When a new one arrives at the cap, the connection whose last request (or accept) is the
+//! oldest is closed to make room: silent connections, however many, cannot lock the scraper out.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,15 +20,18 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
 
-/// Connections served at once; more are closed on accept (the server is meant for a scraper
-/// and a health checker, usually on loopback).
+/// Connections open at once (the server is meant for a scraper and a health checker, usually on
+/// loopback). A new connection beyond it closes the one idle the longest.
 const MAX_CONNECTIONS: usize = 64;
+/// Read buffer cap per connection (hyper's minimum is 8 KiB; its default ~400 KiB): request
+/// headers larger than this are refused, and memory stays bounded at the connection cap.
+const MAX_BUF_SIZE: usize = 16 * 1024;
 /// A client must send its request headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// On shutdown, open requests get this long to finish.
@@ -90,7 +99,7 @@ pub async fn serve(
     metrics.attach_readiness(&readiness);
     let app = Arc::new(App { metrics, readiness });
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = Arc::new(Connections::default());
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -107,22 +116,21 @@ pub async fn serve(
                 }
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!("metrics server: too many connections, closing a new one");
-            continue;
-        };
+        let admitted = connections.admit();
         let app = app.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _slot = slot;
+            let evicted = admitted.evicted.clone();
             let service = service_fn(move |req| {
+                admitted.touch();
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(app.handle(&req)) }
             });
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_BUF_SIZE);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -130,6 +138,9 @@ pub async fn serve(
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "metrics server: connection ended with an error");
                     }
+                }
+                _ = evicted.cancelled() => {
+                    tracing::debug!("metrics server: too many connections, closed the one idle the longest");
                 }
                 _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
@@ -141,6 +152,86 @@ pub async fn serve(
     drop(listener);
     tracker.close();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await;
+}
+
+/// The open connections, each with the sequence number of its latest activity (accept or
+/// request), so that one over the cap closes the least recently active instead of being refused.
+#[derive(Default)]
+struct Connections {
+    open: Mutex<HashMap<u64, Open>>,
+    sequence: AtomicU64,
+}
+
+struct Open {
+    last_active: Arc<AtomicU64>,
+    evict: CancellationToken,
+}
+
+impl Connections {
+    fn next(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a new connection; at the cap, first evicts the least recently active one.
+    fn admit(self: &Arc<Self>) -> Admitted {
+        let id = self.next();
+        let last_active = Arc::new(AtomicU64::new(id));
+        let evicted = CancellationToken::new();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        while open.len() >= MAX_CONNECTIONS {
+            let Some(oldest) = open
+                .iter()
+                .min_by_key(|(_, c)| c.last_active.load(Ordering::Relaxed))
+                .map(|(id, _)| *id)
+            else {
+                break;
+            };
+            if let Some(c) = open.remove(&oldest) {
+                c.evict.cancel();
+            }
+        }
+        open.insert(
+            id,
+            Open {
+                last_active: last_active.clone(),
+                evict: evicted.clone(),
+            },
+        );
+        Admitted {
+            id,
+            last_active,
+            evicted,
+            connections: self.clone(),
+        }
+    }
+}
+
+/// One connection's place in [`Connections`]; leaving it (the task ending) frees the place.
+struct Admitted {
+    id: u64,
+    last_active: Arc<AtomicU64>,
+    /// Cancelled when a newer connection takes this one's place.
+    evicted: CancellationToken,
+    connections: Arc<Connections>,
+}
+
+impl Admitted {
+    /// A request arrived: this connection is now the most recently active.
+    fn touch(&self) {
+        self.last_active
+            .store(self.connections.next(), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self
+            .connections
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        open.remove(&self.id);
+    }
 }
 
 struct App {

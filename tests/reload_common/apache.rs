@@ -19,18 +19,20 @@ pub struct Installed {
     pub modules: PathBuf,
 }
 
-/// Apache and mod_ssl, or `None` after printing why the test is skipped.
+/// Apache and mod_ssl; when either is missing, a failure under CI, else `None` after printing
+/// why the test is skipped.
+#[track_caller]
 pub fn find() -> Option<Installed> {
-    let Some(binary) = super::find_binary(&["apache2", "httpd"]) else {
-        eprintln!("skipped: Apache httpd is not installed (apt-get install apache2)");
-        return None;
-    };
+    let binary = super::required::binary(&["apache2", "httpd"], "apache2")?;
     let Some(modules) = MODULE_DIRS
         .iter()
         .map(Path::new)
         .find(|d| d.join("mod_ssl.so").is_file())
     else {
-        eprintln!("skipped: mod_ssl.so not found in {MODULE_DIRS:?}");
+        super::required::missing(
+            &format!("mod_ssl.so is not in {MODULE_DIRS:?}"),
+            "apt-get install apache2",
+        );
         return None;
     };
     Some(Installed {

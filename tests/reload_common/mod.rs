@@ -136,7 +136,13 @@ impl Site {
 
 #[path = "../ports/mod.rs"]
 mod ports;
+/// A missing nginx or Apache fails the test under CI (which installs both) and skips it elsewhere.
+#[path = "../required/mod.rs"]
+pub mod required;
 pub use ports::free_port;
+/// For the benchmark, which reports a missing nginx as a skipped row.
+#[allow(unused_imports)]
+pub use required::find_binary;
 
 pub fn endpoint(port: u16) -> VerifyEndpoint {
     VerifyEndpoint {
@@ -144,21 +150,6 @@ pub fn endpoint(port: u16) -> VerifyEndpoint {
         port,
         sni: Some(SNI.into()),
     }
-}
-
-/// The first of `names` found in PATH or the sbin directories; `None` (the test prints why and
-/// passes) when the server is not installed. CI installs nginx and apache2.
-pub fn find_binary(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let dirs: Vec<PathBuf> = path
-        .split(':')
-        .map(PathBuf::from)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .collect();
-    names
-        .iter()
-        .flat_map(|n| dirs.iter().map(move |d| d.join(n)))
-        .find(|p| p.is_file())
 }
 
 pub fn is_root() -> bool {

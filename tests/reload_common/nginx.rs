@@ -6,13 +6,11 @@ use std::path::{Path, PathBuf};
 
 use super::{Running, run};
 
-/// The nginx binary, or `None` after printing why the test is skipped.
+/// The nginx binary; when it is missing, a failure under CI, else `None` after printing why the
+/// test is skipped.
+#[track_caller]
 pub fn find() -> Option<PathBuf> {
-    let found = super::find_binary(&["nginx"]);
-    if found.is_none() {
-        eprintln!("skipped: nginx is not installed (apt-get install nginx)");
-    }
-    found
+    super::required::binary(&["nginx"], "nginx")
 }
 
 /// Writes `dir/nginx.conf` serving `fullchain` and `key` for `sni` on 127.0.0.1:`port`; returns

@@ -540,19 +540,7 @@ impl Renewer {
                     }
                 })?;
             }
-            let p12 = paths.pkcs12.as_ref().map(|p| &p.path);
-            for p in [&paths.cert, &paths.chain, &paths.fullchain, &paths.key]
-                .into_iter()
-                .chain(p12)
-            {
-                let dir = install::fsio::parent_dir(p);
-                if !dir.exists() {
-                    std::fs::create_dir_all(dir).map_err(|e| install::InstallError::Fs {
-                        name: name.clone(),
-                        source: install::FsError::new("create directory", dir, e),
-                    })?;
-                }
-            }
+            // The install creates the missing output directories, each with its mode.
             install::install(&bundle, &paths, &spec, &state)
         })
         .await;

@@ -32,10 +32,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ccm_agent::agent::renew::record::CertRecord;
 use ccm_agent::emulator::pca::cert::{IssueParams, issue_certificate};
 use ccm_agent::emulator::{Emulator, EmulatorConfig, FaultRule, Shared};
 use ccm_agent::pki;
+use ccm_agent::state::records::CertRecord;
 use time::OffsetDateTime;
 
 const SK_ENV: &str = "CCM_BENCH_SK";
@@ -286,7 +286,7 @@ fn write_installed(dir: &Path, name: &str, cert: &str, chain: &str, key: &str, r
     let mut json = serde_json::to_vec_pretty(rec).unwrap();
     json.push(b'\n');
     std::fs::write(
-        records.join(format!("{}.json", ccm_agent::install::encode_name(name))),
+        records.join(format!("{}.json", ccm_agent::state::encode_name(name))),
         json,
     )
     .unwrap();
@@ -671,7 +671,7 @@ fn ops_text(ops: &BTreeMap<String, u64>) -> String {
 
 /// Certificates whose last result in the status file is an error.
 fn failures(state: &Path) -> usize {
-    ccm_agent::agent::daemon::StatusFile::load(state)
+    ccm_agent::state::StatusFile::load(state)
         .map(|s| {
             s.certificates
                 .iter()

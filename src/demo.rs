@@ -14,7 +14,7 @@ use ccm_agent::clock::Clock;
 use ccm_agent::cloud::Credentials;
 use ccm_agent::config::Config;
 use ccm_agent::emulator::{Emulator, EmulatorConfig, Seed};
-use ccm_agent::install::{FileAttrs, fsio};
+use ccm_agent::fsio::{self, FileAttrs};
 
 use crate::cli::DemoArgs;
 

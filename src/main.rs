@@ -10,14 +10,15 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 
-use ccm_agent::agent::daemon::{self, RunOptions, StatusFile};
+use ccm_agent::agent::daemon::{self, RunOptions};
 use ccm_agent::agent::renew::{Action, CheckOptions};
 use ccm_agent::clock::Clock;
 use ccm_agent::cloud::Secret;
 use ccm_agent::config::{CertificateSource, Config, LogFormat};
 use ccm_agent::emulator::{Emulator, EmulatorConfig};
-use ccm_agent::install::{FileAttrs, fsio};
+use ccm_agent::fsio::{self, FileAttrs};
 use ccm_agent::logging;
+use ccm_agent::state::{CertStatus, StateLock, StatusFile};
 use cli::{CheckArgs, Cli, Command, EmulatorArgs, RenewArgs, StatusArgs};
 
 /// An operation failed.
@@ -242,7 +243,7 @@ fn status(args: StatusArgs) -> ExitCode {
         }
     };
     let now = time::OffsetDateTime::now_utc();
-    let rows: Vec<daemon::CertStatus> = config
+    let rows: Vec<CertStatus> = config
         .certificates
         .iter()
         .map(|c| {
@@ -250,7 +251,7 @@ fn status(args: StatusArgs) -> ExitCode {
                 .iter()
                 .find(|s| s.name == c.name)
                 .cloned()
-                .unwrap_or_else(|| daemon::CertStatus {
+                .unwrap_or_else(|| CertStatus {
                     name: c.name.clone(),
                     source: daemon::source_name(c).to_owned(),
                     last_result: "never checked".into(),
@@ -346,10 +347,7 @@ fn renew(config: Config, args: RenewArgs) -> ExitCode {
         } else {
             fsio::create_private_dir(&config.agent.state_dir).context("agent.state_dir")?;
             (
-                Some(daemon::StateLock::acquire(
-                    &config.agent.state_dir,
-                    "renew",
-                )?),
+                Some(StateLock::acquire(&config.agent.state_dir, "renew")?),
                 daemon::Agent::new,
             )
         };

@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ccm_agent::agent::daemon::{self, RunOptions, StatusFile};
+use ccm_agent::agent::daemon::{self, RunOptions};
 use ccm_agent::clock::Clock;
 use ccm_agent::cloud::Credentials;
 use ccm_agent::config::Config;
 use ccm_agent::emulator::{Emulator, EmulatorConfig};
+use ccm_agent::state::{StateLock, StatusFile};
 use prom_text::sample;
 
 async fn emulator_with_ca() -> (Emulator, String) {
@@ -835,8 +836,8 @@ fn renew_does_not_race_a_running_daemon() {
             .output()
             .expect("run")
     };
-    let lock = daemon::StateLock::acquire(&dir.path().join("state"), "daemon")
-        .expect("lock as a daemon would");
+    let lock =
+        StateLock::acquire(&dir.path().join("state"), "daemon").expect("lock as a daemon would");
     let out = renew();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -853,8 +854,8 @@ fn renew_does_not_race_a_running_daemon() {
     );
     drop(lock);
     // Held by another renew: wait for it (a renew has no SIGUSR1 handler: never suggested).
-    let lock = daemon::StateLock::acquire(&dir.path().join("state"), "renew")
-        .expect("lock as a renew would");
+    let lock =
+        StateLock::acquire(&dir.path().join("state"), "renew").expect("lock as a renew would");
     let out = renew();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -911,7 +912,8 @@ fn renew_dry_run_creates_moves_and_deletes_nothing() {
     use ccm_agent::cloud::pca::cert::{
         ApplyCertificateRequest, ExportType, SubjectAlternativeName,
     };
-    use ccm_agent::install::{self, Candidate, Expectations, FileSpec, OutputPaths, StateDir};
+    use ccm_agent::install::{self, Candidate, Expectations, FileSpec, OutputPaths};
+    use ccm_agent::state::StateDir;
 
     let rt = tokio::runtime::Runtime::new().expect("rt");
     let (emu, ca_id) = rt.block_on(emulator_with_ca());
@@ -1046,7 +1048,7 @@ validity = {{ type = "DAY", value = 30 }}
     watcher
         .watch(&state, notify::RecursiveMode::NonRecursive)
         .expect("watch");
-    let status = state.join(daemon::STATUS_FILE);
+    let status = state.join(StatusFile::FILE);
     // Writes of the status file: each lands by a rename onto its name (inotify's IN_MOVED_TO;
     // notify also reports the pair as one `Both` event, not counted) or by creating it.
     let writes = |rx: &std::sync::mpsc::Receiver<notify::Event>| {
@@ -1263,7 +1265,7 @@ async fn a_deleted_state_directory_is_recreated_and_its_lock_taken_again() {
     std::fs::remove_dir_all(&state).expect("rm -rf state");
 
     wait_for("the lock taken again", Duration::from_secs(30), || {
-        state.join(daemon::StateLock::FILE).exists()
+        state.join(StateLock::FILE).exists()
     })
     .await;
     let out = tokio::process::Command::new(bin())

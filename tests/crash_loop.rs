@@ -37,10 +37,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ccm_agent::agent::renew::record::Records;
 use ccm_agent::emulator::{Emulator, EmulatorConfig, Shared};
 use ccm_agent::install::{self, OutputPaths};
 use ccm_agent::pki;
+use ccm_agent::state::Records;
 use file_observer::{Lineage, Observer, Watched};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -194,7 +194,7 @@ impl Paths {
     fn txn(&self, name: &str, which: &str) -> PathBuf {
         self.state
             .join("certs")
-            .join(install::encode_name(name))
+            .join(ccm_agent::state::encode_name(name))
             .join(which)
     }
     fn journal(&self) -> PathBuf {
@@ -649,7 +649,7 @@ fn sigkill_during_renewals_never_leaves_a_torn_pair_or_more_than_one_extra_issua
     // due. Then SIGTERM, which must end the agent cleanly.
     // Settled: the status file rewritten by this run's first pass (so its signal handler is
     // installed too), no error, nothing in flight.
-    use ccm_agent::agent::daemon::StatusFile;
+    use ccm_agent::state::StatusFile;
     let before = StatusFile::load(&p.state).unwrap_or_default().updated_at;
     let log = p.logs.join("agent-final.log");
     let mut child = spawn(&bin, &calm, &log);
@@ -876,7 +876,7 @@ fn sigkill_during_renewals_never_leaves_a_torn_pair_or_more_than_one_extra_issua
 #[test]
 fn a_crash_while_deleting_a_finished_transaction_does_not_stop_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
-    let state = install::StateDir::new(dir.path());
+    let state = ccm_agent::state::StateDir::new(dir.path());
     let cert = state.cert_dir("web");
     // What the old code's interrupted `remove_dir_all(txn)` leaves (the manifest unlinked,
     // the directory not yet), and what the new one's interrupted delete of `txn.done` leaves.

@@ -19,16 +19,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use ccm_agent::agent::journal::{IssueMode, Journal, Phase};
 use ccm_agent::install::crash::{CrashPoint, crash_at};
 use ccm_agent::install::{
     self, Candidate, Expectations, FileSpec, InstallError, InstalledState, OutputPaths, Principal,
-    Rejection, Role, StateDir, VerifiedBundle,
+    Rejection, Role, VerifiedBundle,
 };
 use ccm_agent::pki::{
     self, CertificateSpec, DistinguishedName, KeyAlgorithm, PrivateKey, PublicKeySource,
     SubjectAltName,
 };
+use ccm_agent::state::StateDir;
+use ccm_agent::state::journal::{IssueMode, Journal, Phase};
 use time::OffsetDateTime;
 use time::macros::datetime;
 

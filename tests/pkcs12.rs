@@ -13,12 +13,13 @@ use std::sync::OnceLock;
 use ccm_agent::cloud::Secret;
 use ccm_agent::install::{
     self, Candidate, Expectations, FileSpec, InstalledState, OutputPaths, Pkcs12Output, Role,
-    StateDir, VerifiedBundle,
+    VerifiedBundle,
 };
 use ccm_agent::pki::{
     self, CertificateSpec, DistinguishedName, KeyAlgorithm, PrivateKey, PublicKeySource,
     SubjectAltName,
 };
+use ccm_agent::state::StateDir;
 use time::OffsetDateTime;
 use time::macros::datetime;
 

@@ -15,7 +15,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ccm_agent::agent::journal::{IssueMode, Journal, Phase};
 use ccm_agent::agent::renew::{Action, CheckOptions, CheckReport, RenewError, Renewer};
 use ccm_agent::clock::Clock;
 use ccm_agent::cloud::pca::Validity;
@@ -29,8 +28,10 @@ use ccm_agent::config::{Config, ManagedCertificate};
 use ccm_agent::emulator::faults::FaultRule;
 use ccm_agent::emulator::pca::ca::create_active_ca_pair;
 use ccm_agent::emulator::{Emulator, EmulatorConfig, Shared};
-use ccm_agent::install::{self, InstalledState, OutputPaths, StateDir};
+use ccm_agent::install::{self, InstalledState, OutputPaths};
 use ccm_agent::pki;
+use ccm_agent::state::StateDir;
+use ccm_agent::state::journal::{IssueMode, Journal, Phase};
 use tempfile::TempDir;
 
 const CN: &str = "web.internal";
@@ -1624,7 +1625,7 @@ async fn one_revocation_listing_serves_a_pass_and_still_catches_a_revoked_certif
         let r = e.renewer.check(c, CheckOptions::default()).await.unwrap();
         assert!(matches!(r.action, Action::Renewed { .. }), "{:?}", r.action);
     }
-    let records = ccm_agent::agent::renew::record::Records::new(&e.state);
+    let records = ccm_agent::state::Records::new(&e.state);
     let two_id = records.load("two").unwrap().cloud_id.unwrap();
     e.client
         .revoke_private_certificate(&two_id, None)

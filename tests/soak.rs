@@ -36,14 +36,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ccm_agent::agent::daemon::{self, RunOptions, StatusFile};
-use ccm_agent::agent::journal::Journal;
+use ccm_agent::agent::daemon::{self, RunOptions};
 use ccm_agent::clock::Clock;
 use ccm_agent::cloud::Credentials;
 use ccm_agent::config::Config;
 use ccm_agent::emulator::{Emulator, EmulatorConfig, FaultRule, Shared};
-use ccm_agent::install::{self, InstalledState, OutputPaths, StateDir};
+use ccm_agent::install::{self, InstalledState, OutputPaths};
 use ccm_agent::pki;
+use ccm_agent::state::StatusFile;
+use ccm_agent::state::{Journal, StateDir};
 use file_observer::{Lineage, Observer, Watched};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};

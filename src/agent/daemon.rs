@@ -5,190 +5,23 @@
 //! later; it never stops the loop or the other certificates.
 
 use std::collections::HashMap;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::renew::{CertSummary, CheckOptions, CheckReport, RenewError, Renewer};
+use super::renew::{CertSummary, CheckOptions, CheckReport, RenewError, Renewer, rfc3339};
 use crate::clock::Clock;
 use crate::cloud::{Client, Credentials};
 use crate::config::{CertificateSource, Config, ManagedCertificate};
 use crate::metrics::{CertificateFacts, Metrics, Readiness};
+use crate::state::{CertStatus, StateLock, StatusFile};
 
 /// How long a pass in progress may run on after SIGTERM/SIGINT.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
-
-/// File in the state directory where the agent records the last outcome of every certificate.
-pub const STATUS_FILE: &str = "status.json";
-
-/// What `ccm-agent status` shows for one certificate.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct CertStatus {
-    pub name: String,
-    pub source: String,
-    /// RFC 3339.
-    pub not_after: Option<String>,
-    pub next_renewal: Option<String>,
-    pub last_check: Option<String>,
-    /// `ok`, `renewed`, `reexported`, `reinstalled`, or an error kind.
-    pub last_result: String,
-    pub last_error: Option<String>,
-    pub warnings: Vec<String>,
-    pub fingerprint_sha256: Option<String>,
-}
-
-/// The status file: written after every check, read by `ccm-agent status`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct StatusFile {
-    pub updated_at: Option<String>,
-    pub certificates: Vec<CertStatus>,
-}
-
-impl StatusFile {
-    pub fn path(state_dir: &Path) -> PathBuf {
-        state_dir.join(STATUS_FILE)
-    }
-
-    /// Read the status file; a missing file is an empty status.
-    pub fn load(state_dir: &Path) -> anyhow::Result<Self> {
-        let path = Self::path(state_dir);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("status file {} does not parse", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-        }
-    }
-
-    fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
-        let path = Self::path(state_dir);
-        if !state_dir.is_dir() {
-            crate::install::fsio::create_private_dir(state_dir)
-                .with_context(|| format!("recreating {}", state_dir.display()))?;
-        }
-        let json = serde_json::to_vec_pretty(self)?;
-        let attrs = crate::install::FileAttrs {
-            mode: 0o644,
-            uid: None,
-            gid: None,
-        };
-        crate::install::fsio::write_atomic(&path, &json, &attrs)
-            .map(|_| ())
-            .with_context(|| format!("writing {}", path.display()))
-    }
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-/// The agent's exclusive hold on its state directory: the daemon keeps it while it runs, and
-/// `ccm-agent renew` takes it, so the two never renew the same certificate at once. Released
-/// when dropped (or when the process dies: it is an advisory `flock`).
-#[derive(Debug)]
-pub struct StateLock {
-    file: std::fs::File,
-    path: PathBuf,
-    role: String,
-}
-
-impl StateLock {
-    pub const FILE: &'static str = "agent.lock";
-
-    /// Takes the lock for `role` (`daemon` or `renew`), or says who holds it.
-    pub fn acquire(state_dir: &Path, role: &str) -> anyhow::Result<Self> {
-        crate::install::fsio::create_private_dir(state_dir).context("agent.state_dir")?;
-        let path = state_dir.join(Self::FILE);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        // Whatever the umask, and for a file an older version created with a looser mode.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("setting the mode of {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {
-                // Who holds it ("PID ROLE"), for the message another process prints. Best
-                // effort: the lock works without it.
-                let _ = file.set_len(0);
-                let _ = (&file).write_all(format!("{} {role}\n", std::process::id()).as_bytes());
-                Ok(Self {
-                    file,
-                    path,
-                    role: role.to_owned(),
-                })
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let mut words = text.split_whitespace();
-                let pid = words.next().and_then(|w| w.parse::<u32>().ok());
-                let what = match (pid, words.next()) {
-                    (Some(pid), Some("daemon")) => format!(
-                        "the daemon (pid {pid}) is running. To have it check every certificate \
-                         now: kill -USR1 {pid} (or systemctl kill -s USR1 --kill-whom=main \
-                         ccm-agent)"
-                    ),
-                    (Some(pid), _) => {
-                        format!("a `ccm-agent renew` (pid {pid}) is running; wait for it")
-                    }
-                    (None, _) => "another ccm-agent holds it; stop it or wait".to_owned(),
-                };
-                anyhow::bail!(
-                    "{} is in use (lock {}): {what}. Running both would renew the same \
-                     certificates twice; --dry-run works beside it",
-                    state_dir.display(),
-                    path.display()
-                )
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("locking {}", path.display()))
-            }
-        }
-    }
-
-    /// Whether the lock is still the state directory's: the file this process locked is the
-    /// one at its path. Someone who deletes the state directory (or the lock file) under a
-    /// running daemon takes the lock with it, and a `renew` could then run beside the daemon:
-    /// the daemon calls this on every pass and every few seconds, and takes the lock again
-    /// (`Ok(true)`). When another process took it meanwhile, the error says who, and the daemon
-    /// stops rather than run beside it.
-    pub fn ensure(&mut self) -> anyhow::Result<bool> {
-        use std::os::unix::fs::MetadataExt as _;
-        let held = self
-            .file
-            .metadata()
-            .with_context(|| format!("reading the lock {}", self.path.display()))?;
-        match std::fs::metadata(&self.path) {
-            Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() => return Ok(false),
-            Ok(_) | Err(_) => {}
-        }
-        let dir = fsio_parent(&self.path);
-        *self = Self::acquire(dir, &self.role).with_context(|| {
-            format!(
-                "the lock {} was removed under this {} and could not be taken again",
-                self.path.display(),
-                self.role
-            )
-        })?;
-        Ok(true)
-    }
-}
-
-/// The directory that holds a lock file.
-fn fsio_parent(path: &Path) -> &Path {
-    crate::install::fsio::parent_dir(path)
-}
 
 /// Build the cloud client from the configuration, reporting requests to `metrics`.
 pub fn build_client(
@@ -314,8 +147,7 @@ impl Agent {
         read_only: bool,
     ) -> anyhow::Result<Self> {
         if !read_only {
-            crate::install::fsio::create_private_dir(&config.agent.state_dir)
-                .context("agent.state_dir")?;
+            crate::fsio::create_private_dir(&config.agent.state_dir).context("agent.state_dir")?;
         }
         let reload_metrics = crate::reload::metrics::ReloadMetrics::register(metrics.registry())
             .context("registering reload metrics")?;
@@ -623,7 +455,7 @@ impl Agent {
             CertificateSource::Scm(_) => {
                 let id = match &report.action {
                     super::renew::Action::Reexported { cloud_id } => Some(cloud_id.clone()),
-                    _ => super::renew::record::Records::new(&self.config().agent.state_dir)
+                    _ => crate::state::Records::new(&self.config().agent.state_dir)
                         .load(&cert.name)
                         .ok()
                         .and_then(|r| r.cloud_id),
@@ -1111,7 +943,7 @@ fn retake_lock(lock: &mut StateLock) -> anyhow::Result<bool> {
     let retaken = lock.ensure()?;
     if retaken {
         tracing::warn!(
-            lock = %lock.path.display(),
+            lock = %lock.path().display(),
             "the state directory's lock file was removed under the running daemon; took it again and recreating the state directory"
         );
     }

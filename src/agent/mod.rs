@@ -2,5 +2,4 @@
 //! loop ([`daemon`]). When to renew is [`crate::policy`]; the clock is [`crate::clock`].
 
 pub mod daemon;
-pub mod journal;
 pub mod renew;

@@ -30,7 +30,6 @@
 //! the state file and sends nothing, and units that failed last time are retried.
 
 pub mod config;
-pub mod state;
 
 use std::time::Duration;
 
@@ -40,13 +39,12 @@ use crate::cloud::scm::{
     TargetService,
 };
 use crate::cloud::{Client, CloudError, Secret};
-use crate::install::FsError;
 use crate::pki;
 
+pub use crate::state::deploy::{DeployState, DeployStore, DeployedRecord, ScmCopy};
 pub use config::{
     CloudTarget, DeployRetry, DeploySpec, RawDeploy, Resource, WafType, check, default_scm_name,
 };
-pub use state::{DeployState, DeployStore, DeployedRecord, ScmCopy};
 
 /// Why a deploy run stopped before trying its targets.
 #[derive(Debug, thiserror::Error)]
@@ -57,13 +55,8 @@ pub enum DeployError {
         #[source]
         source: pki::PkiError,
     },
-    #[error("deploy state: {0}")]
-    State(#[from] FsError),
-    #[error("deploy state {}: {message} (fix or remove the file; an unreadable state would repeat billed deploys)", path.display())]
-    StateFormat {
-        path: std::path::PathBuf,
-        message: String,
-    },
+    #[error(transparent)]
+    State(#[from] crate::state::deploy::DeployStateError),
     #[error("certificate {name}: looking for an earlier SCM copy named {scm_name:?}: {source}")]
     Lookup {
         name: String,
@@ -877,7 +870,7 @@ async fn cleanup(
         }
     }
     st.superseded = keep;
-    store.save(name, st)
+    Ok(store.save(name, st)?)
 }
 
 /// One push, batch-push or deploy call to be made.

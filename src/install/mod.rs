@@ -41,7 +41,6 @@
 //! [`recover`]. Installs of the same name must not run concurrently (the agent has one task
 //! per certificate); different names use different state directories.
 
-pub mod fsio;
 pub mod pkcs12;
 mod txn;
 mod verify;
@@ -53,8 +52,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::cloud::Secret;
+use crate::state::StateDir;
 
-pub use fsio::{FileAttrs, FsError, Principal};
+pub use crate::fsio::{self, FileAttrs, FsError, Principal};
 pub use verify::{
     Candidate, Expectations, Rejection, VerifiedBundle, names_covered, verify_candidate,
 };
@@ -289,90 +289,6 @@ fn resolve_principal(
                 database,
             }),
     }
-}
-
-/// The agent's state directory: install transactions and kept versions under `certs/`, the
-/// issuance journal under `journal/`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StateDir {
-    root: PathBuf,
-}
-
-impl StateDir {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        StateDir { root: root.into() }
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// `<root>/certs/<encoded name>`.
-    pub fn cert_dir(&self, name: &str) -> PathBuf {
-        self.root.join("certs").join(encode_name(name))
-    }
-
-    /// `<root>/journal`.
-    pub fn journal_dir(&self) -> PathBuf {
-        self.root.join("journal")
-    }
-
-    /// Names that have install state.
-    pub fn names(&self) -> Result<Vec<String>, FsError> {
-        let dir = self.root.join("certs");
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(FsError::new("list", &dir, e)),
-        };
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| FsError::new("list", &dir, e))?;
-            if let Some(n) = entry.file_name().to_str().and_then(decode_name) {
-                names.push(n);
-            }
-        }
-        names.sort();
-        Ok(names)
-    }
-}
-
-/// Encodes a certificate name as one safe path component: ASCII letters, digits, `-`, `_` and
-/// non-leading `.` are kept, every other byte becomes `%XX`.
-pub fn encode_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for (i, b) in name.bytes().enumerate() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    if out.is_empty() {
-        out.push('%');
-    }
-    out
-}
-
-/// Inverse of [`encode_name`]; `None` for something it did not produce.
-pub fn decode_name(s: &str) -> Option<String> {
-    if s == "%" {
-        return Some(String::new());
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// What an install or restore did.
@@ -672,28 +588,6 @@ pub use verify::read_installed;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn name_encoding_round_trips() {
-        for n in [
-            "www.example.com",
-            "a/b",
-            "..",
-            ".hidden",
-            "",
-            "ümlaut",
-            "x%y",
-            "*.wild",
-        ] {
-            let e = encode_name(n);
-            assert!(
-                !e.contains('/') && e != "." && e != ".." && !e.starts_with('.'),
-                "{e}"
-            );
-            assert_eq!(decode_name(&e).as_deref(), Some(n), "{n}");
-        }
-        assert_eq!(encode_name("www.example.com"), "www.example.com");
-    }
 
     #[test]
     fn needs_install_compares_fingerprints() {

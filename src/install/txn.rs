@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::fsio::{self, FileAttrs, FsError};
-use super::{InstallError, Role, StateDir, StoredFile, StoredVersion};
+use super::{InstallError, Role, StoredFile, StoredVersion};
+use crate::fsio::{self, FileAttrs, FsError};
+use crate::state::StateDir;
 
 /// Simulated crashes for tests: the transaction stops dead at a point, leaving the disk as a
 /// killed process would, and returns an error. Per thread, so parallel tests do not interfere.

@@ -497,7 +497,7 @@ impl ChangeContext {
     /// previous version (`None` on a first install). `changed` is
     /// [`crate::install::InstallOutcome::changed`] (or the renewal report's `install_changed`).
     pub fn after_install(
-        state: &crate::install::StateDir,
+        state: &crate::state::StateDir,
         name: &str,
         paths: InstalledPaths,
         changed: bool,

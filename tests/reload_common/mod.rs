@@ -9,14 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use ccm_agent::install::{
-    self, Candidate, Expectations, FileSpec, InstallOutcome, OutputPaths, StateDir,
-};
+use ccm_agent::install::{self, Candidate, Expectations, FileSpec, InstallOutcome, OutputPaths};
 use ccm_agent::pki::{
     self, CertificateSpec, DistinguishedName, KeyAlgorithm, PrivateKey, PublicKeySource,
     SubjectAltName,
 };
 use ccm_agent::reload::{ChangeContext, InstalledPaths, VerifyEndpoint, served_fingerprint};
+use ccm_agent::state::StateDir;
 use time::OffsetDateTime;
 
 pub mod apache;

@@ -5,9 +5,9 @@
 
 use std::path::PathBuf;
 
-use crate::agent::journal::JournalError;
 use crate::cloud::CloudError;
 use crate::install::{InstallError, Rejection};
+use crate::state::journal::JournalError;
 
 /// PCA: "CA or certificate quantity exceeds quota".
 pub const PCA_QUOTA: &str = "PCA.00030001";
@@ -208,5 +208,15 @@ fn rejection_kind(r: &Rejection) -> &'static str {
         Rejection::KeyMismatch => "key_mismatch",
         Rejection::Chain(_) => "chain",
         Rejection::NamesNotCovered { .. } => "names_not_covered",
+    }
+}
+
+impl From<crate::state::StateError> for RenewError {
+    fn from(e: crate::state::StateError) -> Self {
+        RenewError::State {
+            name: e.name,
+            path: e.path,
+            detail: e.detail,
+        }
     }
 }

@@ -32,7 +32,6 @@
 
 pub mod error;
 mod pca;
-pub mod record;
 mod scm;
 
 use std::collections::HashMap;
@@ -46,18 +45,18 @@ use time::OffsetDateTime;
 pub use error::RenewError;
 pub use scm::{SCM_EXPIRED_DAYS_SINCE, ScmCandidates};
 
-use crate::agent::journal::Journal;
 use crate::clock::Clock;
 use crate::cloud::{Client, Secret};
 use crate::config::{CertificateSource, ManagedCertificate, Owner, SecretSource};
 use crate::install::{
     self, Candidate, Expectations, FileSpec, InstallOutcome, InstalledState, OutputPaths,
-    Principal, Role, StateDir, VerifiedBundle,
+    Principal, Role, VerifiedBundle,
 };
 use crate::logging::Event;
 use crate::pki;
 use crate::policy;
-use record::{CertRecord, Records};
+use crate::state::records::CertRecord;
+use crate::state::{Journal, Records, StateDir};
 
 /// How a check runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -430,10 +429,7 @@ impl Renewer {
     }
 
     fn unwritten_dir(&self, name: &str) -> PathBuf {
-        self.records
-            .dir()
-            .join("unwritten")
-            .join(install::encode_name(name))
+        self.state.unwritten_dir(name)
     }
 
     fn file_spec(cert: &ManagedCertificate) -> FileSpec {
@@ -672,8 +668,8 @@ fn not_yet_valid(installed: Option<&CertSummary>, now: OffsetDateTime) -> Option
     })
 }
 
-/// RFC 3339, for messages.
-fn rfc3339(t: OffsetDateTime) -> String {
+/// RFC 3339, for messages and the status file.
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
 }

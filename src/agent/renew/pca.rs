@@ -14,9 +14,7 @@
 
 use std::collections::HashSet;
 
-use super::record::{CertRecord, Superseded};
 use super::{Action, CheckOptions, CheckReport, PlannedStep, RenewError, Renewer, describe_disk};
-use crate::agent::journal::{IssueMode, IssuedFor, Pending};
 use crate::cloud::CloudError;
 use crate::cloud::pca::ca::CaStatus;
 use crate::cloud::pca::cert::{
@@ -31,6 +29,8 @@ use crate::install::{self, Candidate, InstalledState};
 use crate::logging::Event;
 use crate::pki;
 use crate::policy::{self, Decision, Lifetime};
+use crate::state::journal::{IssueMode, IssuedFor, Pending};
+use crate::state::records::{CertRecord, Superseded};
 
 /// How far before the journaled request time a reconciled certificate may have been created
 /// (clock skew between this host and PCA).

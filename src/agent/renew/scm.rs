@@ -17,13 +17,13 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use super::record::CertRecord;
 use super::{Action, CheckOptions, CheckReport, PlannedStep, RenewError, Renewer, describe_disk};
 use crate::cloud::CloudError;
 use crate::cloud::scm::{CertificateSummary, ListCertificatesQuery, SortDir, SortKey};
 use crate::config::{CertificateSource, ManagedCertificate, ScmSelector};
 use crate::install::{self, Candidate, InstalledState};
 use crate::policy::{self, Decision, Lifetime};
+use crate::state::records::CertRecord;
 
 /// The list window: certificates still valid or expired at most this many days ago.
 pub const SCM_EXPIRED_DAYS_SINCE: u32 = 30;

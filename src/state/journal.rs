@@ -35,8 +35,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::install::encode_name;
-use crate::install::fsio::{self, FileAttrs, FsError};
+use super::encode_name;
+use crate::fsio::{self, FileAttrs, FsError};
 
 /// How the certificate is being obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,7 +179,7 @@ pub enum JournalError {
     MissingKey { name: String },
 }
 
-/// The journal directory (usually [`StateDir::journal_dir`](crate::install::StateDir::journal_dir)).
+/// The journal directory (usually [`StateDir::journal_dir`](super::StateDir::journal_dir)).
 #[derive(Clone, Debug)]
 pub struct Journal {
     dir: PathBuf,
@@ -342,7 +342,7 @@ impl Journal {
             let Some(stem) = file.to_str().and_then(|f| f.strip_suffix(".json")) else {
                 continue;
             };
-            if let Some(name) = crate::install::decode_name(stem)
+            if let Some(name) = super::decode_name(stem)
                 && let Some(p) = self.pending(&name)?
             {
                 out.push(p);

@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::RenewError;
-use crate::install::encode_name;
-use crate::install::fsio::{self, FileAttrs};
+use super::{StateError, encode_name};
+use crate::fsio::{self, FileAttrs};
 
 /// What the agent last installed for one name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,10 +54,14 @@ pub struct Records {
 }
 
 impl Records {
+    /// The records of the state directory `state_root` (`<state_root>/renew/`).
     pub fn new(state_root: &Path) -> Self {
-        Records {
-            dir: state_root.join("renew"),
-        }
+        super::StateDir::new(state_root).records()
+    }
+
+    /// Records kept directly in `dir`.
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Records { dir: dir.into() }
     }
 
     pub fn dir(&self) -> &Path {
@@ -70,16 +73,16 @@ impl Records {
     }
 
     /// The record of `name`; an empty one if none was written yet.
-    pub fn load(&self, name: &str) -> Result<CertRecord, RenewError> {
+    pub fn load(&self, name: &str) -> Result<CertRecord, StateError> {
         let path = self.path(name);
-        let bytes = fsio::read_optional(&path).map_err(|e| RenewError::State {
+        let bytes = fsio::read_optional(&path).map_err(|e| StateError {
             name: name.to_string(),
             path: path.clone(),
             detail: e.to_string(),
         })?;
         match bytes {
             None => Ok(CertRecord::default()),
-            Some(b) => serde_json::from_slice(&b).map_err(|e| RenewError::State {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| StateError {
                 name: name.to_string(),
                 path,
                 detail: format!("corrupt: {e}"),
@@ -87,9 +90,9 @@ impl Records {
         }
     }
 
-    pub fn save(&self, name: &str, record: &CertRecord) -> Result<(), RenewError> {
+    pub fn save(&self, name: &str, record: &CertRecord) -> Result<(), StateError> {
         let path = self.path(name);
-        let err = |detail: String| RenewError::State {
+        let err = |detail: String| StateError {
             name: name.to_string(),
             path: path.clone(),
             detail,

@@ -1,4 +1,4 @@
-//! What was deployed where, persisted per certificate in `<state_dir>/deploy/<name>.json`
+//! Deploy progress: what was deployed where, persisted per certificate in `<state_dir>/deploy/<name>.json`
 //! (atomic, durable writes), so a restart never repeats a billed deploy and the SCM copies this
 //! agent imported are known (and only those are ever deleted).
 
@@ -7,9 +7,20 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::DeployError;
-use crate::install::fsio::{self, FileAttrs};
-use crate::install::{StateDir, encode_name};
+use super::{StateDir, encode_name};
+use crate::fsio::{self, FileAttrs, FsError};
+
+/// The deploy progress could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployStateError {
+    #[error("deploy state: {0}")]
+    Fs(#[from] FsError),
+    #[error("deploy state {}: {message} (fix or remove the file; an unreadable state would repeat billed deploys)", path.display())]
+    Format {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
 
 /// A certificate this agent imported into SCM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,9 +67,7 @@ pub struct DeployStore {
 impl DeployStore {
     /// `<state_dir>/deploy`.
     pub fn new(state: &StateDir) -> Self {
-        DeployStore {
-            dir: state.root().join("deploy"),
-        }
+        state.deploy_store()
     }
 
     /// State files directly in `dir`.
@@ -77,11 +86,11 @@ impl DeployStore {
 
     /// The state of `name`; empty when it was never deployed. A file that does not parse is an
     /// error (not an empty state): treating it as empty would repeat billed deploys.
-    pub fn load(&self, name: &str) -> Result<DeployState, DeployError> {
+    pub fn load(&self, name: &str) -> Result<DeployState, DeployStateError> {
         let path = self.path(name);
         match fsio::read_optional(&path)? {
             None => Ok(DeployState::default()),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| DeployError::StateFormat {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| DeployStateError::Format {
                 path: path.clone(),
                 message: e.to_string(),
             }),
@@ -89,10 +98,10 @@ impl DeployStore {
     }
 
     /// Atomically replace the state of `name`.
-    pub fn save(&self, name: &str, state: &DeployState) -> Result<(), DeployError> {
+    pub fn save(&self, name: &str, state: &DeployState) -> Result<(), DeployStateError> {
         fsio::create_private_dir(&self.dir)?;
         let path = self.path(name);
-        let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| DeployError::StateFormat {
+        let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| DeployStateError::Format {
             path: path.clone(),
             message: e.to_string(),
         })?;
@@ -125,7 +134,7 @@ mod tests {
         std::fs::write(store.path("www"), b"{not json").expect("write");
         assert!(matches!(
             store.load("www"),
-            Err(DeployError::StateFormat { .. })
+            Err(DeployStateError::Format { .. })
         ));
     }
 }

@@ -529,7 +529,7 @@ scrape_configs:
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && stdout.contains("web: Renewed"),
+        out.status.success() && stdout.contains("web: renewed"),
         "renew --force: {:?}\n{stdout}{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)

@@ -13,7 +13,9 @@ use anyhow::Context as _;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::renew::{CertSummary, CheckOptions, CheckReport, RenewError, Renewer, rfc3339};
+use super::renew::{
+    CertSummary, CheckOptions, CheckReport, FailureKind, RenewError, Renewer, rfc3339,
+};
 use crate::clock::Clock;
 use crate::cloud::{Client, Credentials};
 use crate::config::{CertificateSource, Config, ManagedCertificate};
@@ -75,11 +77,16 @@ pub enum PassError {
 }
 
 impl PassError {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> FailureKind {
         match self {
             PassError::Renew(e) => e.kind(),
-            PassError::Reload(e) => e.result_label(),
-            PassError::Deploy { .. } => "deploy",
+            PassError::Reload(e) => match e.stage {
+                crate::reload::Stage::PreHook => FailureKind::PreHookFailed,
+                crate::reload::Stage::ConfigTest => FailureKind::ConfigTestFailed,
+                crate::reload::Stage::Verify => FailureKind::VerifyFailed,
+                _ => FailureKind::ReloadFailed,
+            },
+            PassError::Deploy { .. } => FailureKind::Deploy,
         }
     }
 }
@@ -532,7 +539,10 @@ impl Agent {
         self.export_installed(&report.name, report.source, report.installed.as_ref());
         self.metrics.set_scm_expiring_without_successor(
             &report.name,
-            report.warnings.iter().any(|w| w.contains("no newer")),
+            report
+                .warnings
+                .iter()
+                .any(|w| w.kind == super::renew::WarningKind::ScmNoSuccessor),
         );
         for w in &report.warnings {
             tracing::warn!(certificate = %report.name, "{w}");
@@ -558,7 +568,7 @@ impl Agent {
             last_check: Some(rfc3339(now)),
             last_result: result.to_owned(),
             last_error: None,
-            warnings: report.warnings.clone(),
+            warnings: report.warnings.iter().map(|w| w.message.clone()).collect(),
             fingerprint_sha256: report
                 .installed
                 .as_ref()
@@ -602,12 +612,12 @@ impl Agent {
             error = %e,
             "certificate check failed; the files in place are unchanged"
         );
-        self.metrics.record_check(&cert.name, kind);
-        if kind == "filesystem" {
-            self.metrics.record_install(&cert.name, kind);
+        self.metrics.record_check(&cert.name, kind.as_str());
+        if kind == FailureKind::Filesystem {
+            self.metrics.record_install(&cert.name, kind.as_str());
         } else {
             self.metrics
-                .record_renewal(&cert.name, kind, self.clock.now());
+                .record_renewal(&cert.name, kind.as_str(), self.clock.now());
         }
         let failures = {
             let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
@@ -630,7 +640,7 @@ impl Agent {
                 ..CertStatus::default()
             });
         entry.last_check = Some(rfc3339(self.clock.now()));
-        entry.last_result = kind.to_owned();
+        entry.last_result = kind.to_string();
         entry.last_error = Some(format!("{e} (failure {failures} in a row)"));
     }
 

@@ -96,34 +96,33 @@ impl RenewError {
         }
     }
 
-    /// A short label for metrics and logs: `api`, `network`, `timeout`, `malformed`,
-    /// `invalid_certificate`, `key_mismatch`, `expired`, `not_yet_valid`, `chain`,
-    /// `names_not_covered`, `ca_unavailable`, `quota`, `filesystem`, `state`, `not_found`,
-    /// `config`, `crypto`.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of failure this is, for metrics, logs and the status file.
+    pub fn kind(&self) -> FailureKind {
         match self {
             RenewError::Cloud { source, .. } => cloud_kind(source),
-            RenewError::CaUnavailable { .. } => "ca_unavailable",
-            RenewError::Quota { .. } => "quota",
+            RenewError::CaUnavailable { .. } => FailureKind::CaUnavailable,
+            RenewError::Quota { .. } => FailureKind::Quota,
             RenewError::Install { source, .. } => match source.as_ref() {
                 InstallError::Rejected { reason, .. } => rejection_kind(reason),
-                InstallError::Fs { .. } | InstallError::Inconsistent { .. } => "filesystem",
+                InstallError::Fs { .. } | InstallError::Inconsistent { .. } => {
+                    FailureKind::Filesystem
+                }
                 InstallError::UnknownPrincipal { .. } | InstallError::Unsupported { .. } => {
-                    "config"
+                    FailureKind::Config
                 }
                 InstallError::NoPrevious { .. }
                 | InstallError::NoLastGood { .. }
-                | InstallError::State { .. } => "state",
+                | InstallError::State { .. } => FailureKind::State,
             },
             RenewError::Journal { source, .. } => match source {
-                JournalError::Fs { .. } => "filesystem",
-                _ => "state",
+                JournalError::Fs { .. } => FailureKind::Filesystem,
+                _ => FailureKind::State,
             },
-            RenewError::State { .. } => "state",
-            RenewError::NoValidCertificate { .. } => "expired",
-            RenewError::NotFound { .. } => "not_found",
-            RenewError::Config { .. } => "config",
-            RenewError::Crypto { .. } => "crypto",
+            RenewError::State { .. } => FailureKind::State,
+            RenewError::NoValidCertificate { .. } => FailureKind::Expired,
+            RenewError::NotFound { .. } => FailureKind::NotFound,
+            RenewError::Config { .. } => FailureKind::Config,
+            RenewError::Crypto { .. } => FailureKind::Crypto,
         }
     }
 
@@ -188,26 +187,26 @@ impl RenewError {
     }
 }
 
-fn cloud_kind(e: &CloudError) -> &'static str {
+fn cloud_kind(e: &CloudError) -> FailureKind {
     match e {
-        CloudError::Api { .. } => "api",
-        CloudError::Http { .. } => "network",
-        CloudError::Timeout { .. } => "timeout",
-        CloudError::Decode { .. } => "malformed",
-        CloudError::Invalid(_) => "config",
+        CloudError::Api { .. } => FailureKind::Api,
+        CloudError::Http { .. } => FailureKind::Network,
+        CloudError::Timeout { .. } => FailureKind::Timeout,
+        CloudError::Decode { .. } => FailureKind::Malformed,
+        CloudError::Invalid(_) => FailureKind::Config,
     }
 }
 
-fn rejection_kind(r: &Rejection) -> &'static str {
+fn rejection_kind(r: &Rejection) -> FailureKind {
     match r {
         Rejection::CertificateUnparsable(_)
         | Rejection::ChainUnparsable(_)
-        | Rejection::KeyUnparsable(_) => "invalid_certificate",
-        Rejection::NotYetValid { .. } => "not_yet_valid",
-        Rejection::Expired { .. } => "expired",
-        Rejection::KeyMismatch => "key_mismatch",
-        Rejection::Chain(_) => "chain",
-        Rejection::NamesNotCovered { .. } => "names_not_covered",
+        | Rejection::KeyUnparsable(_) => FailureKind::InvalidCertificate,
+        Rejection::NotYetValid { .. } => FailureKind::NotYetValid,
+        Rejection::Expired { .. } => FailureKind::Expired,
+        Rejection::KeyMismatch => FailureKind::KeyMismatch,
+        Rejection::Chain(_) => FailureKind::Chain,
+        Rejection::NamesNotCovered { .. } => FailureKind::NamesNotCovered,
     }
 }
 
@@ -218,5 +217,84 @@ impl From<crate::state::StateError> for RenewError {
             path: e.path,
             detail: e.detail,
         }
+    }
+}
+
+/// Why a check or a pass failed: the label of `ccm_agent_checks_total{result}`, the logs'
+/// `error_kind` and the status file's `last_result`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The API answered with an error.
+    Api,
+    /// No answer: connection refused or reset, DNS, TLS.
+    Network,
+    Timeout,
+    /// The API's answer did not parse or lacked what it must hold.
+    Malformed,
+    InvalidCertificate,
+    KeyMismatch,
+    Expired,
+    NotYetValid,
+    Chain,
+    NamesNotCovered,
+    /// The issuing CA is disabled, not active or gone.
+    CaUnavailable,
+    Quota,
+    Filesystem,
+    /// The agent's own state (records, journal, kept versions) is unusable.
+    State,
+    NotFound,
+    Config,
+    Crypto,
+    /// After an install: a pre hook failed (the previous files were restored).
+    PreHookFailed,
+    /// After an install: a server's configuration test failed.
+    ConfigTestFailed,
+    /// After an install: a reload failed.
+    ReloadFailed,
+    /// After an install: the server did not serve the new certificate.
+    VerifyFailed,
+    /// Some cloud targets still fail.
+    Deploy,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Api => "api",
+            FailureKind::Network => "network",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Malformed => "malformed",
+            FailureKind::InvalidCertificate => "invalid_certificate",
+            FailureKind::KeyMismatch => "key_mismatch",
+            FailureKind::Expired => "expired",
+            FailureKind::NotYetValid => "not_yet_valid",
+            FailureKind::Chain => "chain",
+            FailureKind::NamesNotCovered => "names_not_covered",
+            FailureKind::CaUnavailable => "ca_unavailable",
+            FailureKind::Quota => "quota",
+            FailureKind::Filesystem => "filesystem",
+            FailureKind::State => "state",
+            FailureKind::NotFound => "not_found",
+            FailureKind::Config => "config",
+            FailureKind::Crypto => "crypto",
+            FailureKind::PreHookFailed => "pre_hook_failed",
+            FailureKind::ConfigTestFailed => "config_test_failed",
+            FailureKind::ReloadFailed => "reload_failed",
+            FailureKind::VerifyFailed => "verify_failed",
+            FailureKind::Deploy => "deploy",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for FailureKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }

@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex};
 
 use time::OffsetDateTime;
 
-pub use error::RenewError;
+pub use error::{FailureKind, RenewError};
 pub use scm::{SCM_EXPIRED_DAYS_SINCE, ScmCandidates};
 
 use crate::clock::Clock;
@@ -129,6 +129,66 @@ impl fmt::Display for PlannedStep {
     }
 }
 
+/// What a warning is about: what the daemon acts on (a metric), not its wording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WarningKind {
+    /// SCM: the selected certificate is due and SCM holds no newer valid one (only whoever
+    /// imports certificates into SCM can fix it).
+    ScmNoSuccessor,
+    /// The installed certificate is not valid yet by this host's clock.
+    NotYetValid,
+    /// A dry run found an install a crash interrupted (the next real run recovers it).
+    InterruptedInstall,
+    /// A pending issuance from an earlier run was adopted, or given up for a new one.
+    PendingIssuance,
+    /// A superseded or abandoned certificate could not be revoked.
+    Revocation,
+    /// The installed certificate's revocation status could not be read from PCA.
+    RevocationUnknown,
+    /// The files were repaired from the cloud: no good copy was kept.
+    NoGoodCopy,
+    /// The state directory could not be fully updated (the check itself succeeded).
+    State,
+    /// A setting that is only read at check time (a dry run reports it and goes on).
+    Config,
+}
+
+/// Something an operator should know that did not fail the check: its kind, and the words
+/// for the log, `renew` and `status`. Reads as its message (`Deref<Target = str>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub kind: WarningKind,
+    pub message: String,
+}
+
+impl Warning {
+    pub fn new(kind: WarningKind, message: impl Into<String>) -> Self {
+        Warning {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::ops::Deref for Warning {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::borrow::Borrow<str> for Warning {
+    fn borrow(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// The certificate on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertSummary {
@@ -159,7 +219,7 @@ pub struct CheckReport {
     /// unknown or already due.
     pub next_renewal: Option<OffsetDateTime>,
     /// Things an operator should know that did not fail the check.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
     /// Whether any output file changed (the daemon reloads consumers when it did).
     pub install_changed: bool,
     /// Why the files changed (renewal due, forced, a file missing, …), for the logs.
@@ -318,16 +378,16 @@ impl Renewer {
             && let Some(w) = not_yet_valid(r.installed.as_ref(), self.now())
         {
             tracing::warn!(certificate = %cert.name, "{w}");
-            r.warnings.push(w);
+            r.warnings.push(Warning::new(WarningKind::NotYetValid, w));
         }
         if opts.dry_run
             && let Ok(r) = &mut result
             && self.state.cert_dir(&cert.name).join("txn").exists()
         {
-            r.warnings.push(format!(
+            r.warnings.push(Warning::new(WarningKind::InterruptedInstall, format!(
                 "an install was interrupted ({}): the next run that is not a dry run completes or reverts it first",
                 self.state.cert_dir(&cert.name).join("txn").display()
-            ));
+            )));
         }
         result
     }
@@ -454,7 +514,9 @@ impl Renewer {
     ) -> Result<(), RenewError> {
         match Self::pkcs12_output(cert) {
             Err(e) if opts.dry_run => {
-                report.warnings.push(e.to_string());
+                report
+                    .warnings
+                    .push(Warning::new(WarningKind::Config, e.to_string()));
                 Ok(())
             }
             other => other.map(|_| ()),

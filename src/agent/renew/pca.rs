@@ -14,7 +14,10 @@
 
 use std::collections::HashSet;
 
-use super::{Action, CheckOptions, CheckReport, PlannedStep, RenewError, Renewer, describe_disk};
+use super::{
+    Action, CheckOptions, CheckReport, PlannedStep, RenewError, Renewer, Warning, WarningKind,
+    describe_disk,
+};
 use crate::cloud::CloudError;
 use crate::cloud::pca::ca::CaStatus;
 use crate::cloud::pca::cert::{
@@ -207,9 +210,12 @@ impl Renewer {
             match misfit {
                 None => return self.finish_pending(cert, src, p, report).await,
                 Some(why) if opts.dry_run => {
-                    report.warnings.push(format!(
-                        "would abandon the pending issuance (journal ticket {}): {why}",
-                        p.ticket
+                    report.warnings.push(Warning::new(
+                        WarningKind::PendingIssuance,
+                        format!(
+                            "would abandon the pending issuance (journal ticket {}): {why}",
+                            p.ticket
+                        ),
                     ));
                 }
                 Some(why) => {
@@ -328,9 +334,9 @@ impl Renewer {
                 None => match self.client.show_private_certificate(id).await {
                     Ok(c) => c.status == CertificateStatus::Revoked,
                     Err(e) => {
-                        report.warnings.push(format!(
+                        report.warnings.push(Warning::new(WarningKind::RevocationUnknown, format!(
                             "could not read certificate {id} from PCA (its revocation status is unknown): {e}"
-                        ));
+                        )));
                         false
                     }
                 },
@@ -697,9 +703,9 @@ impl Renewer {
         record.installed_at = Some(now.unix_timestamp());
         self.records.save(name, &record)?;
         if let Err(e) = self.journal.complete(name) {
-            report.warnings.push(format!(
+            report.warnings.push(Warning::new(WarningKind::State, format!(
                 "installed, but the journal entry could not be cleared (the next check re-adopts it harmlessly): {e}"
-            ));
+            )));
         }
         // The `installed` event itself is logged once per check, by `Renewer::check`.
         tracing::debug!(
@@ -738,9 +744,12 @@ impl Renewer {
             certificate = %name, ticket = %p.ticket, reason = %why,
             "abandoning a pending issuance that no longer fits the configuration"
         );
-        report.warnings.push(format!(
-            "abandoned the pending {what} (journal ticket {}): {why}; issuing a new one",
-            p.ticket
+        report.warnings.push(Warning::new(
+            WarningKind::PendingIssuance,
+            format!(
+                "abandoned the pending {what} (journal ticket {}): {why}; issuing a new one",
+                p.ticket
+            ),
         ));
         if let Some(id) = &p.cloud_certificate_id
             && src.revoke_superseded_after.is_some()
@@ -753,8 +762,9 @@ impl Renewer {
                 Ok(()) => {
                     tracing::info!(certificate = %name, certificate_id = %id, "revoked the abandoned certificate")
                 }
-                Err(e) => report.warnings.push(format!(
-                    "could not revoke the abandoned certificate {id}: {e}"
+                Err(e) => report.warnings.push(Warning::new(
+                    WarningKind::Revocation,
+                    format!("could not revoke the abandoned certificate {id}: {e}"),
                 )),
             }
         }
@@ -814,9 +824,9 @@ impl Renewer {
                     }
                 };
                 if let Some(why) = gone {
-                    report.warnings.push(format!(
+                    report.warnings.push(Warning::new(WarningKind::PendingIssuance, format!(
                         "the certificate {id} issued by an earlier run cannot be adopted ({why}); issuing a new one"
-                    ));
+                    )));
                     self.journal
                         .abandon(name)
                         .map_err(|e| RenewError::journal(name, e))?;
@@ -838,9 +848,9 @@ impl Renewer {
                 .await?
             {
                 Some(id) => {
-                    report.warnings.push(format!(
+                    report.warnings.push(Warning::new(WarningKind::PendingIssuance, format!(
                         "adopted certificate {id}, found by listing after an issuance whose answer was lost"
-                    ));
+                    )));
                     self.journal
                         .record_issued(name, &id)
                         .map_err(|e| RenewError::journal(name, e))?;
@@ -1053,8 +1063,9 @@ impl Renewer {
                 .await
             }
             None => {
-                report.warnings.push(format!(
-                    "{reason}, and no good copy is kept: issuing a new certificate"
+                report.warnings.push(Warning::new(
+                    WarningKind::NoGoodCopy,
+                    format!("{reason}, and no good copy is kept: issuing a new certificate"),
                 ));
                 self.issue(cert, src, record, &reason, report, None).await
             }
@@ -1090,16 +1101,22 @@ impl Renewer {
                     changed = true;
                 }
                 Err(e) if e.is_retryable() => {
-                    report.warnings.push(format!(
-                        "could not revoke the superseded certificate {} (will retry): {e}",
-                        s.cloud_id
+                    report.warnings.push(Warning::new(
+                        WarningKind::Revocation,
+                        format!(
+                            "could not revoke the superseded certificate {} (will retry): {e}",
+                            s.cloud_id
+                        ),
                     ));
                     keep.push(s);
                 }
                 Err(e) => {
-                    report.warnings.push(format!(
-                        "could not revoke the superseded certificate {} (giving up): {e}",
-                        s.cloud_id
+                    report.warnings.push(Warning::new(
+                        WarningKind::Revocation,
+                        format!(
+                            "could not revoke the superseded certificate {} (giving up): {e}",
+                            s.cloud_id
+                        ),
                     ));
                     changed = true;
                 }
@@ -1107,7 +1124,9 @@ impl Renewer {
         }
         record.superseded = keep;
         if changed && let Err(e) = self.records.save(&cert.name, record) {
-            report.warnings.push(e.to_string());
+            report
+                .warnings
+                .push(Warning::new(WarningKind::State, e.to_string()));
         }
     }
 }

@@ -394,7 +394,9 @@ impl Renewer {
                         describe(sel)
                     );
                     tracing::warn!(certificate = %name, "{msg}");
-                    report.warnings.push(msg);
+                    report
+                        .warnings
+                        .push(super::Warning::new(super::WarningKind::ScmNoSuccessor, msg));
                 }
             }
         }

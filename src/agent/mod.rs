@@ -1,5 +1,8 @@
-//! The daemon side: the issuance journal, renewing one certificate ([`renew`]) and the watch
-//! loop ([`daemon`]). When to renew is [`crate::policy`]; the clock is [`crate::clock`].
+//! The daemon side: one pass and one certificate's stages through it ([`pass`]), renewing one
+//! certificate ([`renew`]: plan, obtain, verify, install) and the watch loop ([`daemon`]). When
+//! to renew is [`crate::policy`]; the clock is [`crate::clock`]; what lives on disk is
+//! [`crate::state`].
 
 pub mod daemon;
+pub mod pass;
 pub mod renew;

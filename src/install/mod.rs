@@ -312,6 +312,8 @@ pub struct PreviousVersion {
     pub dir: PathBuf,
     /// SHA-256 of the replaced certificate's file content, if there was one.
     pub cert_sha256: Option<String>,
+    /// SHA-256 of the replaced leaf's DER (upper-case hex), if its file parsed.
+    pub fingerprint_sha256: Option<String>,
 }
 
 /// A version kept in the state directory (last good or previous).
@@ -423,6 +425,7 @@ fn outcome(state: &StateDir, name: &str, r: txn::TxnResult) -> InstallOutcome {
     let previous = r.previous_saved.then(|| PreviousVersion {
         dir: state.cert_dir(name).join("previous"),
         cert_sha256: r.previous_cert_sha256,
+        fingerprint_sha256: r.previous_fingerprint,
     });
     InstallOutcome {
         changed: !r.changed.is_empty(),

@@ -133,6 +133,9 @@ pub(crate) struct TxnResult {
     pub changed: Vec<PathBuf>,
     pub attrs_fixed: Vec<PathBuf>,
     pub previous_cert_sha256: Option<String>,
+    /// SHA-256 of the DER of the leaf the swap replaced (the certificate file parsed), if
+    /// there was a readable one: what the reload hooks and the logs call the old certificate.
+    pub previous_fingerprint: Option<String>,
     pub previous_saved: bool,
 }
 
@@ -229,6 +232,7 @@ pub(crate) fn run(
             changed: Vec::new(),
             attrs_fixed,
             previous_cert_sha256: None,
+            previous_fingerprint: None,
             previous_saved: false,
         });
     }
@@ -274,15 +278,19 @@ pub(crate) fn run(
                     .map(|(c, a)| (p.role, p.target.as_path(), c.as_slice(), *a))
             })
             .collect();
-        let old_cert = old_files
-            .iter()
-            .find(|f| f.0 == Role::Cert)
-            .map(|f| super::sha256_hex(f.2));
+        let old_leaf = old_files.iter().find(|f| f.0 == Role::Cert);
+        let old_cert = old_leaf.map(|f| super::sha256_hex(f.2));
+        let old_fingerprint = old_leaf.and_then(|f| {
+            let pem = std::str::from_utf8(f.2).ok()?;
+            crate::pki::parse_cert(pem)
+                .ok()
+                .map(|c| c.sha256_fingerprint_hex)
+        });
         write_version_dir(&tmp.join("old"), name, old_cert.as_deref(), &old_files)?;
         fsio::sync_dir(&tmp)?;
-        Ok::<_, FsError>(old_cert)
+        Ok::<_, FsError>((old_cert, old_fingerprint))
     })();
-    let old_cert = match prepared {
+    let (old_cert, old_fingerprint) = match prepared {
         Ok(c) => c,
         Err(e) => {
             abort_prepared(&tmp, &manifest);
@@ -313,6 +321,7 @@ pub(crate) fn run(
         changed: report.changed,
         attrs_fixed: Vec::new(),
         previous_cert_sha256: old_cert,
+        previous_fingerprint: old_fingerprint,
         previous_saved: report.previous_saved,
     })
 }

@@ -518,20 +518,38 @@ impl ChangeContext {
             .map_err(|e| e.to_string())?
             .as_ref()
             .and_then(leaf);
+        Ok(Self::of_install(
+            name,
+            paths,
+            changed,
+            &new,
+            old.map(|c| c.sha256_fingerprint_hex),
+        ))
+    }
+
+    /// The context of an install whose new leaf the caller already holds (the pass's install
+    /// stage): nothing is read from disk.
+    pub fn of_install(
+        name: &str,
+        paths: InstalledPaths,
+        changed: bool,
+        new: &crate::pki::CertInfo,
+        old_fingerprint: Option<String>,
+    ) -> Self {
         let names = new
             .sans
             .iter()
             .filter(|s| matches!(s.kind(), "DNS" | "IP"))
             .map(crate::pki::SubjectAltName::value)
             .collect();
-        Ok(ChangeContext {
+        ChangeContext {
             name: name.to_owned(),
             changed,
             paths,
             names,
-            old_fingerprint: old.map(|c| c.sha256_fingerprint_hex),
-            new_fingerprint: new.sha256_fingerprint_hex,
-        })
+            old_fingerprint,
+            new_fingerprint: new.sha256_fingerprint_hex.clone(),
+        }
     }
 }
 

@@ -28,7 +28,7 @@
 //! # Outputs the configuration leaves out
 //! [`install::install`] writes a full set. A `cert`, `chain` or `fullchain` file the
 //! configuration does not want is written under `<state>/renew/unwritten/<name>/` instead.
-//! PKCS#12 output is not written yet (a warning says so).
+//! The PKCS#12 output, when configured, is written with the same transaction.
 
 pub mod error;
 mod pca;
@@ -224,6 +224,33 @@ pub struct CheckReport {
     pub install_changed: bool,
     /// Why the files changed (renewal due, forced, a file missing, …), for the logs.
     pub reason: Option<String>,
+    /// The cloud certificate (PCA or SCM id) the installed files came from, as the renewal
+    /// record says after this check; `None` when unknown.
+    pub cloud_id: Option<String>,
+    /// What this check installed (`Some` whenever an install ran, whether or not it changed
+    /// the files): the verified set and what the swap replaced. The stages after the install
+    /// (activate, publish) work from it instead of reading the state directory again.
+    pub installed_set: Option<Box<InstalledSet>>,
+}
+
+/// The install stage's product: the set now in place, as verified before the swap, and what
+/// the swap did (including the version it replaced).
+#[derive(Clone, Debug)]
+pub struct InstalledSet {
+    pub bundle: VerifiedBundle,
+    pub outcome: InstallOutcome,
+    /// The certificate file, for messages and the report.
+    pub cert_path: PathBuf,
+}
+
+impl InstalledSet {
+    /// SHA-256 of the replaced leaf's DER, when the install replaced a readable certificate.
+    pub fn previous_fingerprint(&self) -> Option<&str> {
+        self.outcome
+            .previous
+            .as_ref()
+            .and_then(|p| p.fingerprint_sha256.as_deref())
+    }
 }
 
 impl CheckReport {
@@ -237,7 +264,26 @@ impl CheckReport {
             warnings: Vec::new(),
             install_changed: false,
             reason: None,
+            cloud_id: None,
+            installed_set: None,
         }
+    }
+
+    /// Takes in what an install did: the report's `installed` summary comes from the verified
+    /// bundle (the certificate is not read back from disk).
+    fn took_install(
+        &mut self,
+        bundle: VerifiedBundle,
+        outcome: InstallOutcome,
+        cert_path: PathBuf,
+    ) {
+        self.install_changed = outcome.changed;
+        self.installed = Some(CertSummary::of_leaf(bundle.leaf(), cert_path.clone()));
+        self.installed_set = Some(Box::new(InstalledSet {
+            bundle,
+            outcome,
+            cert_path,
+        }));
     }
 }
 
@@ -619,7 +665,7 @@ impl Renewer {
         cert: &ManagedCertificate,
         record: &CertRecord,
         names: Vec<String>,
-    ) -> Result<Option<InstallOutcome>, RenewError> {
+    ) -> Result<Option<(VerifiedBundle, InstallOutcome)>, RenewError> {
         let Some(want) = record.fingerprint_sha256.as_deref() else {
             return Ok(None);
         };
@@ -649,10 +695,9 @@ impl Renewer {
         };
         // The chain was checked against the issuer when this copy was first installed; here it
         // only has to be internally consistent.
-        let (_, outcome) = self
-            .verify_and_install(cert, candidate, names, None)
-            .await?;
-        Ok(Some(outcome))
+        self.verify_and_install(cert, candidate, names, None)
+            .await
+            .map(Some)
     }
 
     /// What is on disk now, for the report; `None` when no valid set is installed.
@@ -672,16 +717,22 @@ impl Renewer {
 
 /// The report's view of an installed certificate.
 fn summary_of(installed: &install::InstalledCert, cert_path: PathBuf) -> CertSummary {
-    let info = &installed.info;
-    CertSummary {
-        fingerprint_sha256: info.sha256_fingerprint_hex.clone(),
-        serial: info.serial_hex.clone(),
-        subject_cn: info.subject.common_name.clone(),
-        issuer_cn: info.issuer.common_name.clone(),
-        not_before: info.not_before,
-        not_after: info.not_after,
-        cert_path,
-        info: info.clone(),
+    CertSummary::of_leaf(&installed.info, cert_path)
+}
+
+impl CertSummary {
+    /// The summary of a parsed leaf installed at `cert_path`.
+    pub fn of_leaf(info: &pki::CertInfo, cert_path: PathBuf) -> CertSummary {
+        CertSummary {
+            fingerprint_sha256: info.sha256_fingerprint_hex.clone(),
+            serial: info.serial_hex.clone(),
+            subject_cn: info.subject.common_name.clone(),
+            issuer_cn: info.issuer.common_name.clone(),
+            not_before: info.not_before,
+            not_after: info.not_after,
+            cert_path,
+            info: Box::new(info.clone()),
+        }
     }
 }
 

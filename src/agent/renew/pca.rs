@@ -226,6 +226,7 @@ impl Renewer {
         }
 
         let mut record = self.records.load(name)?;
+        report.cloud_id = record.cloud_id.clone();
         if opts.dry_run {
             self.plan_revocations(&record, &mut report);
         } else {
@@ -717,9 +718,9 @@ impl Renewer {
                 cloud_id: id.to_string(),
             };
         }
-        report.install_changed = outcome.changed;
         report.next_renewal = self.next_renewal_of(cert, bundle.leaf());
-        report.installed = self.summary(cert);
+        report.cloud_id = Some(id.to_string());
+        report.took_install(bundle, outcome, self.pem_paths(cert).cert);
         Ok(report)
     }
 
@@ -1028,11 +1029,11 @@ impl Renewer {
             .reinstall_last_good(cert, &record, required_names(src))
             .await?
         {
-            Some(outcome) => {
+            Some((bundle, outcome)) => {
                 tracing::debug!(certificate = %name, %reason, "re-installed the last good copy");
                 report.reason = Some(reason.clone());
-                report.install_changed = outcome.changed;
-                report.installed = self.summary(cert);
+                report.cloud_id = record.cloud_id.clone();
+                report.took_install(bundle, outcome, self.pem_paths(cert).cert);
                 let due = match &report.installed {
                     Some(s) => match policy::decide(
                         self.now(),

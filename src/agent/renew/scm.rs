@@ -326,6 +326,7 @@ impl Renewer {
         };
 
         let record = self.records.load(name)?;
+        report.cloud_id = record.cloud_id.clone();
         let need = self.scm_need(cert, best, &record, opts);
         match need {
             Need::Nothing => {}
@@ -360,8 +361,8 @@ impl Renewer {
                     .reinstall_last_good(cert, &record, required_names(sel))
                     .await?
                 {
-                    Some(outcome) => {
-                        report.install_changed = outcome.changed;
+                    Some((bundle, outcome)) => {
+                        report.took_install(bundle, outcome, self.pem_paths(cert).cert);
                         report.action = Action::Reinstalled { reason };
                     }
                     None => {
@@ -372,7 +373,9 @@ impl Renewer {
                 }
             }
         }
-        report.installed = self.summary(cert);
+        if report.installed_set.is_none() {
+            report.installed = self.summary(cert);
+        }
 
         // Due, and nothing newer in SCM: say so loudly, but this is not a failure.
         let (nb, na) = match &report.installed {
@@ -470,7 +473,8 @@ impl Renewer {
         record.fingerprint_sha256 = Some(bundle.fingerprint_sha256().to_string());
         record.installed_at = Some(self.now().unix_timestamp());
         self.records.save(name, &record)?;
-        report.install_changed = outcome.changed;
+        report.cloud_id = Some(id.to_string());
+        report.took_install(bundle, outcome, self.pem_paths(cert).cert);
         Ok(())
     }
 }

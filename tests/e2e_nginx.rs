@@ -70,6 +70,9 @@ async fn the_agent_renews_reloads_nginx_and_rolls_back_a_broken_config() {
     wait_served(&endpoint, &placeholder_fp, Duration::from_secs(10)).await;
 
     let aksk = emu.aksk();
+    // What the deploy hook is told: the pass hands activate the installed set (new leaf and the
+    // replaced one's fingerprint) instead of re-reading the state directory.
+    let hook_log = d.join("deploy-hook.log");
     let text = format!(
         r#"
 [agent]
@@ -102,6 +105,8 @@ pid_file = "{pid}"
 address = "127.0.0.1"
 port = {port}
 sni = "web.e2e.internal"
+[certificates.hooks]
+deploy = "echo \"$CCM_OLD_FINGERPRINT $CCM_NEW_FINGERPRINT\" >> {hook_log}"
 "#,
         d = d.display(),
         endpoint = emu.base_url(),
@@ -111,6 +116,7 @@ sni = "web.e2e.internal"
         nginx = nginx.display(),
         conf = conf.display(),
         pid = pid.display(),
+        hook_log = hook_log.display(),
     );
     let config = Arc::new(Config::from_str(&text, "e2e.toml").unwrap());
     let metrics = Metrics::new();
@@ -142,6 +148,11 @@ sni = "web.e2e.internal"
     assert_ne!(second, first);
     // Waited for: an old worker may still answer a connection or two.
     wait_served(&endpoint, &second, Duration::from_secs(10)).await;
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).unwrap(),
+        format!(" {first}\n{first} {second}\n"),
+        "the deploy hook saw each install's old and new fingerprint"
+    );
 
     // 3. nginx's configuration breaks; a forced renewal is issued and installed, the config
     //    test fails, the files are rolled back, and the old certificate is still served.

@@ -17,6 +17,8 @@ pub struct RawConfig {
     pub defaults: RawDefaults,
     #[serde(default)]
     pub certificates: Vec<RawCertificate>,
+    /// `[fleet]`: coordination with other hosts through etcd (see `crate::fleet`).
+    pub fleet: Option<crate::fleet::config::RawFleet>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +130,8 @@ pub struct RawCertificate {
     pub verify: Vec<crate::reload::config::RawVerify>,
     pub verify_timeout: Option<String>,
     pub hooks: Option<crate::reload::config::RawHooks>,
+    /// `local` (default), `shared` or `per-host` (see `crate::fleet`).
+    pub fleet: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]

@@ -270,3 +270,359 @@ async fn the_session_survives_an_etcd_outage() {
     assert!(a.try_lock("www").await.expect("lock after the outage"));
     a.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Real `ccm-agent run` processes sharing one certificate through one etcd, against the emulator.
+// ---------------------------------------------------------------------------------------------
+
+mod procs {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use ccm_agent::emulator::scm::Deployment;
+    use ccm_agent::emulator::{Emulator, EmulatorConfig};
+    use ccm_agent::fleet::config::FleetSettings;
+    use ccm_agent::fleet::coordinator::{FleetSnapshot, snapshot};
+
+    use super::etcd_fixture::Etcd;
+
+    pub const PREFIX: &str = "/fleet-test";
+
+    pub async fn emulator_with_ca() -> (Emulator, String) {
+        ccm_agent::cloud::install_crypto_provider();
+        let emu = Emulator::start(EmulatorConfig::default())
+            .await
+            .expect("emulator");
+        let shared = emu.shared().clone();
+        let (_, sub) = tokio::task::spawn_blocking(move || {
+            ccm_agent::emulator::pca::ca::create_active_ca_pair(
+                &shared,
+                "fleet test root",
+                "fleet test issuing CA",
+            )
+        })
+        .await
+        .expect("join")
+        .expect("CA pair");
+        (emu, sub)
+    }
+
+    /// How the shared certificate is set up.
+    pub struct Setup<'a> {
+        pub emu: &'a Emulator,
+        pub etcd: &'a Etcd,
+        pub ca_id: &'a str,
+        /// e.g. `{ type = "DAY", value = 30 }`
+        pub validity: &'a str,
+        /// Extra keys of the certificate (renew_before, emergency_before).
+        pub renew: &'a str,
+        pub lease_ttl: &'a str,
+    }
+
+    pub fn config_text(s: &Setup<'_>, dir: &Path, member: &str) -> String {
+        let aksk = s.emu.aksk();
+        format!(
+            r#"
+[agent]
+state_dir = "{dir}/state"
+schedule = "0 0 * * * *"
+host_id = "{member}"
+retry_initial = "1s"
+retry_max = "2s"
+
+[metrics]
+enabled = false
+
+[cloud]
+endpoint = "{endpoint}"
+timeout = "20s"
+
+[cloud.auth]
+access_key = "{ak}"
+secret_key_env = "CCM_TEST_SK"
+domain_id = "{domain}"
+
+[fleet]
+endpoints = ["{etcd}"]
+prefix = "{PREFIX}"
+lease_ttl = "{ttl}"
+timeout = "2s"
+
+[[certificates]]
+name = "www"
+fleet = "shared"
+{renew}
+[certificates.output]
+dir = "{dir}/live/www"
+[certificates.pca]
+ca_id = "{ca_id}"
+mode = "apply"
+subject = {{ common_name = "www.fleet.test" }}
+sans = ["dns:www.fleet.test"]
+validity = {validity}
+[certificates.deploy]
+scm_name = "fleet-www"
+retry_initial = "10ms"
+retry_max = "20ms"
+[[certificates.deploy.targets]]
+action = "deploy"
+service = "ELB"
+resources = [{{ id = "lb0001" }}, {{ id = "lb0002" }}]
+[[certificates.deploy.targets]]
+action = "batch-push"
+service = "WAF"
+regions = ["ap-southeast-1", "cn-north-4"]
+"#,
+            dir = dir.display(),
+            endpoint = s.emu.base_url(),
+            ak = aksk.access_key,
+            domain = aksk.domain_id.unwrap_or_default(),
+            etcd = s.etcd.url(),
+            ttl = s.lease_ttl,
+            ca_id = s.ca_id,
+            validity = s.validity,
+            renew = s.renew,
+        )
+    }
+
+    /// One `ccm-agent run` process.
+    pub struct Member {
+        pub id: String,
+        pub dir: PathBuf,
+        child: Option<Child>,
+        config: PathBuf,
+        sk: String,
+    }
+
+    impl Member {
+        pub fn spawn(s: &Setup<'_>, root: &Path, id: &str) -> Member {
+            let dir = root.join(id);
+            std::fs::create_dir_all(&dir).expect("member dir");
+            let config = dir.join("ccm-agent.toml");
+            std::fs::write(&config, config_text(s, &dir, id)).expect("config");
+            let mut m = Member {
+                id: id.to_owned(),
+                dir,
+                child: None,
+                config,
+                sk: s.emu.aksk().secret_key.expose().to_owned(),
+            };
+            m.start();
+            m
+        }
+
+        pub fn start(&mut self) {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("agent.log"))
+                .expect("log");
+            let child = Command::new(env!("CARGO_BIN_EXE_ccm-agent"))
+                .args(["run", "--config"])
+                .arg(&self.config)
+                .env("CCM_TEST_SK", &self.sk)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn ccm-agent");
+            self.child = Some(child);
+        }
+
+        pub fn pid(&self) -> u32 {
+            self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        }
+
+        pub fn signal(&self, sig: &str) {
+            let _ = Command::new("kill")
+                .args([&format!("-{sig}"), &self.pid().to_string()])
+                .status();
+        }
+
+        pub fn kill(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+
+        pub fn fingerprint(&self) -> Option<String> {
+            let pem = std::fs::read_to_string(self.dir.join("live/www/cert.pem")).ok()?;
+            ccm_agent::pki::parse_cert(&pem)
+                .ok()
+                .map(|c| c.sha256_fingerprint_hex.to_ascii_uppercase())
+        }
+
+        pub fn log(&self) -> String {
+            std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+        }
+    }
+
+    impl Drop for Member {
+        fn drop(&mut self) {
+            self.signal("CONT");
+            self.kill();
+        }
+    }
+
+    pub fn logs(members: &[Member]) -> String {
+        members
+            .iter()
+            .map(|m| {
+                let log = m.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                format!(
+                    "==== {} ====\n{}",
+                    m.id,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn settings(etcd: &Etcd) -> FleetSettings {
+        FleetSettings {
+            endpoints: vec![etcd.url()],
+            prefix: PREFIX.into(),
+            lease_ttl: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            member_id: "observer".into(),
+            tls: None,
+            auth: None,
+            emergency_local: true,
+        }
+    }
+
+    pub async fn fleet(etcd: &Etcd) -> FleetSnapshot {
+        snapshot(&settings(etcd), None)
+            .await
+            .expect("fleet snapshot")
+    }
+
+    pub fn deployments(emu: &Emulator) -> Vec<Deployment> {
+        emu.shared().with_state(|st| st.scm.deployments().to_vec())
+    }
+
+    /// Deploy attempts that reached the emulator, per (operation, target).
+    pub fn calls_per_target(emu: &Emulator) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for d in deployments(emu) {
+            let target = d
+                .resource_id
+                .clone()
+                .or(d.project.clone())
+                .unwrap_or_default();
+            *m.entry(format!("{}/{}/{target}", d.operation, d.service))
+                .or_insert(0) += 1;
+        }
+        m
+    }
+
+    pub async fn wait_until<F, Fut>(what: &str, limit: Duration, members: &[Member], f: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let start = Instant::now();
+        while !f().await {
+            assert!(
+                start.elapsed() < limit,
+                "timed out waiting for {what}\n{}",
+                logs(members)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every member has the published generation installed; returns its fingerprint.
+    pub async fn converged(etcd: &Etcd, members: &[Member]) -> Option<String> {
+        let s = fleet(etcd).await;
+        let g = s.generations.get("www")?;
+        members
+            .iter()
+            .all(|m| m.fingerprint().as_deref() == Some(g.fingerprint_sha256.as_str()))
+            .then(|| g.fingerprint_sha256.clone())
+    }
+
+    /// Every unit of the generation is done.
+    pub async fn deployed(etcd: &Etcd, generation: u64) -> bool {
+        let s = fleet(etcd).await;
+        s.units
+            .get("www")
+            .and_then(|g| g.get(&generation))
+            .is_some_and(|u| {
+                u.len() == 4
+                    && u.values()
+                        .all(|p| p.state == ccm_agent::fleet::keys::UnitState::Done)
+            })
+    }
+}
+
+use procs::{
+    Member as Proc, Setup, calls_per_target, converged, deployed, emulator_with_ca, fleet, logs,
+    wait_until,
+};
+
+const DAY30: &str = r#"{ type = "DAY", value = 30 }"#;
+
+/// Five agents share one apply-mode certificate with ELB and WAF targets: one PCA issuance,
+/// one SCM import, one call per target; all five install the same certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_agents_one_issuance_one_call_per_target() {
+    let Some(etcd) = Etcd::start() else { return };
+    let (emu, ca_id) = emulator_with_ca().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let setup = Setup {
+        emu: &emu,
+        etcd: &etcd,
+        ca_id: &ca_id,
+        validity: DAY30,
+        renew: "",
+        lease_ttl: "3s",
+    };
+    emu.shared().clear_requests();
+    let members: Vec<Proc> = (1..=5)
+        .map(|i| Proc::spawn(&setup, root.path(), &format!("member-{i}")))
+        .collect();
+    wait_until(
+        "all five to converge",
+        Duration::from_secs(90),
+        &members,
+        || async { converged(&etcd, &members).await.is_some() },
+    )
+    .await;
+    wait_until(
+        "every target deployed",
+        Duration::from_secs(60),
+        &members,
+        || async { deployed(&etcd, 1).await },
+    )
+    .await;
+    // Let any straggler act on the final state.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let fp = converged(&etcd, &members).await.expect("still converged");
+    let s = fleet(&etcd).await;
+    let g = &s.generations["www"];
+    assert_eq!(g.generation, 1);
+    assert_eq!(g.fingerprint_sha256, fp);
+    assert_eq!(
+        emu.shared().count_requests("pca.create_certificate"),
+        1,
+        "exactly one PCA issuance\n{}",
+        logs(&members)
+    );
+    assert_eq!(emu.shared().count_requests("scm.import_certificate"), 1);
+    assert_eq!(emu.shared().count_requests("scm.deploy_certificate"), 1);
+    assert_eq!(emu.shared().count_requests("scm.batch_push_certificate"), 1);
+    let calls = calls_per_target(&emu);
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert!(calls.values().all(|n| *n == 1), "{calls:?}");
+    // Every member registered and reported the generation it has.
+    assert_eq!(s.members.len(), 5);
+    let statuses: Vec<_> = s.statuses.iter().filter(|st| st.name == "www").collect();
+    assert_eq!(statuses.len(), 5, "{statuses:?}");
+    assert!(statuses.iter().all(|st| st.generation == 1), "{statuses:?}");
+}

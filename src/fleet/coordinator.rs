@@ -231,7 +231,7 @@ impl Coordinator {
                     failures = 0;
                     tracing::info!(member = %self.member.member_id, lease, "joined the fleet");
                     self.up.store(true, Ordering::SeqCst);
-                    self.changed.notify_waiters();
+                    self.changed.notify_one();
                     let why = self.keep_alive(lease).await;
                     if self.stop.is_cancelled() {
                         break;
@@ -247,7 +247,7 @@ impl Coordinator {
             }
             self.up.store(false, Ordering::SeqCst);
             self.lease.store(0, Ordering::SeqCst);
-            self.changed.notify_waiters();
+            self.changed.notify_one();
             let delay = Duration::from_millis(500 * u64::from(failures.clamp(1, 4)));
             tokio::select! {
                 _ = self.stop.cancelled() => break,
@@ -330,7 +330,7 @@ impl Coordinator {
                 tracing::debug!(error = %e, "fleet watch interrupted; syncing again");
             }
             self.synced.store(false, Ordering::SeqCst);
-            self.changed.notify_waiters();
+            self.changed.notify_one();
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -388,7 +388,7 @@ impl Coordinator {
             .await?;
         *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = snapshot;
         self.synced.store(true, Ordering::SeqCst);
-        self.changed.notify_waiters();
+        self.changed.notify_one();
         loop {
             let msg = tokio::select! {
                 _ = self.stop.cancelled() => return Ok(()),
@@ -427,7 +427,7 @@ impl Coordinator {
                     }
                 }
             }
-            self.changed.notify_waiters();
+            self.changed.notify_one();
         }
     }
 

@@ -626,3 +626,298 @@ async fn five_agents_one_issuance_one_call_per_target() {
     assert_eq!(statuses.len(), 5, "{statuses:?}");
     assert!(statuses.iter().all(|st| st.generation == 1), "{statuses:?}");
 }
+
+const BATCH_WAF: &str = "batch-push/WAF/ap-southeast-1";
+const DEPLOY_ELB: &str = "deploy/ELB/-/lb0001";
+
+/// The state of `unit` of generation `generation`, and who wrote it.
+async fn unit_state(
+    etcd: &Etcd,
+    generation: u64,
+    unit: &str,
+) -> Option<(ccm_agent::fleet::keys::UnitState, String)> {
+    let s = fleet(etcd).await;
+    s.units
+        .get("www")?
+        .get(&generation)?
+        .get(unit)
+        .map(|p| (p.state, p.member.clone()))
+}
+
+fn slow(operation: &str, ms: u64) -> ccm_agent::emulator::FaultRule {
+    ccm_agent::emulator::FaultRule {
+        latency_ms: ms,
+        times: Some(1),
+        ..ccm_agent::emulator::FaultRule::new(operation)
+    }
+}
+
+/// The lock holder is SIGKILLed in the middle of a deploy call: nothing is called twice. The
+/// unit whose call was in flight has an unknown outcome that SCM cannot tell, so the member that
+/// takes over marks it for a human instead of calling again; the other targets get exactly one
+/// call each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_lock_holder_mid_deploy_never_repeats_a_call() {
+    use ccm_agent::fleet::keys::UnitState;
+    let Some(etcd) = Etcd::start() else { return };
+    let (emu, ca_id) = emulator_with_ca().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let setup = Setup {
+        emu: &emu,
+        etcd: &etcd,
+        ca_id: &ca_id,
+        validity: DAY30,
+        renew: "",
+        lease_ttl: "3s",
+    };
+    // The WAF batch push (the second target) hangs for a while.
+    emu.shared()
+        .add_fault(slow("scm.batch_push_certificate", 6000));
+    let mut members: Vec<Proc> = (1..=3)
+        .map(|i| Proc::spawn(&setup, root.path(), &format!("member-{i}")))
+        .collect();
+    let mut holder = String::new();
+    let start = std::time::Instant::now();
+    while holder.is_empty() {
+        if let Some((UnitState::Calling, who)) = unit_state(&etcd, 1, BATCH_WAF).await {
+            holder = who;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no batch push started\n{}",
+            logs(&members)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let victim = members
+        .iter_mut()
+        .find(|m| m.id == holder)
+        .expect("the holder is a member");
+    victim.kill();
+    let victim_id = victim.id.clone();
+    let survivors: Vec<Proc> = members.into_iter().filter(|m| m.id != victim_id).collect();
+    wait_until(
+        "another member to take over and mark the in-flight unit",
+        Duration::from_secs(60),
+        &survivors,
+        || async {
+            matches!(unit_state(&etcd, 1, BATCH_WAF).await, Some((UnitState::NeedsHuman, w)) if w != victim_id)
+        },
+    )
+    .await;
+    // Past the hung call's latency, and a few passes more.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let s = fleet(&etcd).await;
+    let units = &s.units["www"][&1];
+    assert_eq!(units[DEPLOY_ELB].state, UnitState::Done, "{units:?}");
+    assert_eq!(
+        units["batch-push/WAF/cn-north-4"].state,
+        UnitState::NeedsHuman,
+        "the same call covered both regions: {units:?}"
+    );
+    let calls = calls_per_target(&emu);
+    assert!(
+        calls.values().all(|n| *n <= 1),
+        "a target called twice: {calls:?}"
+    );
+    assert_eq!(calls.get("deploy/ELB/lb0001"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("deploy/ELB/lb0002"), Some(&1), "{calls:?}");
+    assert!(
+        emu.shared().count_requests("scm.batch_push_certificate") <= 1,
+        "the batch push was sent again"
+    );
+    assert_eq!(emu.shared().count_requests("pca.create_certificate"), 1);
+    assert_eq!(emu.shared().count_requests("scm.import_certificate"), 1);
+    let fp = converged(&etcd, &survivors)
+        .await
+        .expect("survivors converged");
+    assert_eq!(s.generations["www"].fingerprint_sha256, fp);
+    assert!(
+        survivors
+            .iter()
+            .any(|m| m.log().contains("marked for a human")),
+        "{}",
+        logs(&survivors)
+    );
+}
+
+/// The lock holder is SIGSTOPped during its first deploy call, past its lease, then SIGCONTed:
+/// another member took over meanwhile, and every write of the woken member is refused by the
+/// fence, so it makes no further call; each target was called once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_past_the_lease_then_sigcont_is_fenced_off() {
+    use ccm_agent::fleet::keys::UnitState;
+    let Some(etcd) = Etcd::start() else { return };
+    let (emu, ca_id) = emulator_with_ca().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let setup = Setup {
+        emu: &emu,
+        etcd: &etcd,
+        ca_id: &ca_id,
+        validity: DAY30,
+        renew: "",
+        lease_ttl: "3s",
+    };
+    // The ELB deploy (the first target) is slow.
+    emu.shared().add_fault(slow("scm.deploy_certificate", 6000));
+    let members: Vec<Proc> = (1..=3)
+        .map(|i| Proc::spawn(&setup, root.path(), &format!("member-{i}")))
+        .collect();
+    let mut holder = String::new();
+    let start = std::time::Instant::now();
+    while holder.is_empty() {
+        if let Some((UnitState::Calling, who)) = unit_state(&etcd, 1, DEPLOY_ELB).await {
+            holder = who;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no deploy started\n{}",
+            logs(&members)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let paused = members.iter().find(|m| m.id == holder).expect("holder");
+    paused.signal("STOP");
+    eprintln!(
+        "{:?}: stopped {holder} (pid {}) during its deploy call",
+        std::time::SystemTime::now(),
+        paused.pid()
+    );
+    let others: Vec<&Proc> = members.iter().filter(|m| m.id != holder).collect();
+    wait_until(
+        "another member to take over",
+        Duration::from_secs(60),
+        &members,
+        || async {
+            matches!(unit_state(&etcd, 1, BATCH_WAF).await, Some((UnitState::Done, w)) if w != holder)
+        },
+    )
+    .await;
+    assert!(matches!(
+        unit_state(&etcd, 1, DEPLOY_ELB).await,
+        Some((UnitState::NeedsHuman, w)) if w != holder
+    ));
+    // Wake the paused holder: its call returns, and its write of the outcome is refused.
+    paused.signal("CONT");
+    wait_until(
+        "the woken member's write to be refused",
+        Duration::from_secs(30),
+        &members,
+        || async { paused.log().contains("refused by the fence") },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Its "done" did not overwrite the takeover's mark, and it called nothing more.
+    assert!(matches!(
+        unit_state(&etcd, 1, DEPLOY_ELB).await,
+        Some((UnitState::NeedsHuman, w)) if w != holder
+    ));
+    let calls = calls_per_target(&emu);
+    assert!(calls.values().all(|n| *n == 1), "{calls:?}");
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert_eq!(emu.shared().count_requests("scm.deploy_certificate"), 1);
+    assert_eq!(emu.shared().count_requests("scm.batch_push_certificate"), 1);
+    assert_eq!(emu.shared().count_requests("pca.create_certificate"), 1);
+    assert!(!others.is_empty());
+    wait_until(
+        "all three to converge",
+        Duration::from_secs(30),
+        &members,
+        || async { converged(&etcd, &members).await.is_some() },
+    )
+    .await;
+}
+
+/// etcd stops: every member keeps its certificate; when the shared certificate reaches its
+/// emergency floor each renews it alone and nothing is deployed. etcd returns: the fleet
+/// publishes one generation again, every member installs it, and it is deployed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_outage_emergency_renewal_without_deploy_then_convergence() {
+    let Some(mut etcd) = Etcd::start() else {
+        return;
+    };
+    let (emu, ca_id) = emulator_with_ca().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let setup = Setup {
+        emu: &emu,
+        etcd: &etcd,
+        ca_id: &ca_id,
+        // Due 30 s after issuance, at the emergency floor after 60 s.
+        validity: r#"{ type = "HOUR", value = 1 }"#,
+        renew: "renew_before = \"59m30s\"\nemergency_before = \"59m\"\njitter = 0.0",
+        lease_ttl: "3s",
+    };
+    let url = etcd.url();
+    let members: Vec<Proc> = (1..=3)
+        .map(|i| Proc::spawn(&setup, root.path(), &format!("member-{i}")))
+        .collect();
+    wait_until(
+        "the first generation everywhere",
+        Duration::from_secs(60),
+        &members,
+        || async { converged(&etcd, &members).await.is_some() && deployed(&etcd, 1).await },
+    )
+    .await;
+    let g1 = converged(&etcd, &members).await.expect("g1");
+    etcd.stop();
+    let issued = emu.shared().count_requests("pca.create_certificate");
+    let deploys = procs::deployments(&emu).len();
+    wait_until(
+        "every member to renew alone at the emergency floor",
+        Duration::from_secs(120),
+        &members,
+        || async {
+            members
+                .iter()
+                .all(|m| m.fingerprint().is_some_and(|fp| fp != g1))
+        },
+    )
+    .await;
+    assert_eq!(
+        emu.shared().count_requests("pca.create_certificate"),
+        issued + 3,
+        "one emergency issuance per member"
+    );
+    assert_eq!(
+        procs::deployments(&emu).len(),
+        deploys,
+        "no deploy without the coordinator"
+    );
+    assert!(members.iter().all(|m| m.log().contains("emergency floor")));
+    etcd.restart();
+    assert_eq!(etcd.url(), url);
+    wait_until(
+        "the fleet to converge on a new generation",
+        Duration::from_secs(90),
+        &members,
+        || async {
+            match converged(&etcd, &members).await {
+                Some(fp) => fp != g1,
+                None => false,
+            }
+        },
+    )
+    .await;
+    let s = fleet(&etcd).await;
+    let g = s.generations["www"].generation;
+    assert!(g >= 2, "{g}");
+    wait_until(
+        "the new generation to be deployed",
+        Duration::from_secs(60),
+        &members,
+        || async {
+            let s = fleet(&etcd).await;
+            let g = s.generations["www"].generation;
+            deployed(&etcd, g).await
+        },
+    )
+    .await;
+    let calls = calls_per_target(&emu);
+    // One call per target per generation: at most as many as generations published.
+    let s = fleet(&etcd).await;
+    let generations = s.generations["www"].generation as usize;
+    assert!(
+        calls.values().all(|n| *n <= generations),
+        "{calls:?} for {generations} generations"
+    );
+}

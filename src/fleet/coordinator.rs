@@ -66,6 +66,8 @@ pub struct Coordinator {
     member: Member,
     client: tokio::sync::Mutex<Option<Client>>,
     lease: AtomicI64,
+    /// The lease of the session before this one: its keys are this member's own leftovers.
+    previous_lease: AtomicI64,
     up: AtomicBool,
     synced: AtomicBool,
     cache: Mutex<BTreeMap<String, Kv>>,
@@ -149,6 +151,7 @@ impl Coordinator {
             member,
             client: tokio::sync::Mutex::new(None),
             lease: AtomicI64::new(0),
+            previous_lease: AtomicI64::new(0),
             up: AtomicBool::new(false),
             synced: AtomicBool::new(false),
             cache: Mutex::new(BTreeMap::new()),
@@ -246,7 +249,10 @@ impl Coordinator {
                 }
             }
             self.up.store(false, Ordering::SeqCst);
-            self.lease.store(0, Ordering::SeqCst);
+            let old = self.lease.swap(0, Ordering::SeqCst);
+            if old != 0 {
+                self.previous_lease.store(old, Ordering::SeqCst);
+            }
             self.changed.notify_one();
             let delay = Duration::from_millis(500 * u64::from(failures.clamp(1, 4)));
             tokio::select! {
@@ -273,7 +279,22 @@ impl Coordinator {
             )])
             .or_else([TxnOp::get(key.clone(), None)]);
         self.count();
-        let resp = client.txn(txn).await?;
+        let mut resp = client.txn(txn.clone()).await?;
+        let registered_by = |resp: &etcd_client::TxnResponse| {
+            resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.lease()),
+                _ => None,
+            })
+        };
+        let previous = self.previous_lease.load(Ordering::SeqCst);
+        if !resp.succeeded() && previous != 0 && registered_by(&resp) == Some(previous) {
+            // This member's own session before an outage (etcd keeps leases across its
+            // restarts): give it up, with the locks on it, and register again.
+            self.count();
+            let _ = client.lease_revoke(previous).await;
+            self.count();
+            resp = client.txn(txn).await?;
+        }
         if !resp.succeeded() {
             let holder = resp.op_responses().into_iter().find_map(|r| match r {
                 TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.lease()),

@@ -320,7 +320,7 @@ mod procs {
         pub lease_ttl: &'a str,
     }
 
-    pub fn config_text(s: &Setup<'_>, dir: &Path, member: &str) -> String {
+    pub fn config_text(s: &Setup<'_>, dir: &Path, member: &str, metrics_port: u16) -> String {
         let aksk = s.emu.aksk();
         format!(
             r#"
@@ -332,7 +332,7 @@ retry_initial = "1s"
 retry_max = "2s"
 
 [metrics]
-enabled = false
+listen = "127.0.0.1:{metrics_port}"
 
 [cloud]
 endpoint = "{endpoint}"
@@ -386,12 +386,20 @@ regions = ["ap-southeast-1", "cn-north-4"]
         )
     }
 
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    }
+
     /// One `ccm-agent run` process.
     pub struct Member {
         pub id: String,
         pub dir: PathBuf,
         child: Option<Child>,
-        config: PathBuf,
+        pub config: PathBuf,
+        pub metrics_port: u16,
         sk: String,
     }
 
@@ -400,12 +408,14 @@ regions = ["ap-southeast-1", "cn-north-4"]
             let dir = root.join(id);
             std::fs::create_dir_all(&dir).expect("member dir");
             let config = dir.join("ccm-agent.toml");
-            std::fs::write(&config, config_text(s, &dir, id)).expect("config");
+            let metrics_port = free_port();
+            std::fs::write(&config, config_text(s, &dir, id, metrics_port)).expect("config");
             let mut m = Member {
                 id: id.to_owned(),
                 dir,
                 child: None,
                 config,
+                metrics_port,
                 sk: s.emu.aksk().secret_key.expose().to_owned(),
             };
             m.start();
@@ -453,6 +463,32 @@ regions = ["ap-southeast-1", "cn-north-4"]
             ccm_agent::pki::parse_cert(&pem)
                 .ok()
                 .map(|c| c.sha256_fingerprint_hex.to_ascii_uppercase())
+        }
+
+        pub async fn metrics(&self) -> String {
+            reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+                .await
+                .expect("scrape")
+                .text()
+                .await
+                .expect("body")
+        }
+
+        /// `ccm-agent fleet status` with this member's configuration: (exit code, stdout).
+        pub fn fleet_status(&self) -> (i32, String) {
+            let out = Command::new(env!("CARGO_BIN_EXE_ccm-agent"))
+                .args(["fleet", "status", "--config"])
+                .arg(&self.config)
+                .output()
+                .expect("fleet status");
+            (
+                out.status.code().unwrap_or(-1),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
         }
 
         pub fn log(&self) -> String {
@@ -625,6 +661,52 @@ async fn five_agents_one_issuance_one_call_per_target() {
     let statuses: Vec<_> = s.statuses.iter().filter(|st| st.name == "www").collect();
     assert_eq!(statuses.len(), 5, "{statuses:?}");
     assert!(statuses.iter().all(|st| st.generation == 1), "{statuses:?}");
+
+    // What an operator sees: every member on generation 1, matching; exit 0.
+    let (code, out) = members[0].fleet_status();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("certificate www: generation 1"), "{out}");
+    for m in &members {
+        let row = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&m.id))
+            .unwrap_or_else(|| panic!("no row for {}: {out}", m.id));
+        assert!(row.contains(" yes "), "{row}");
+    }
+    // The metrics of a member.
+    let metrics = members[0].metrics().await;
+    for line in [
+        "ccm_agent_fleet_coordinator_up 1",
+        "ccm_agent_fleet_members 5",
+        "ccm_agent_fleet_generation{name=\"www\"} 1",
+        "ccm_agent_fleet_installed_generation{name=\"www\"} 1",
+        "ccm_agent_fleet_member_lag{name=\"www\"} 0",
+        "ccm_agent_fleet_deploy_needs_human{name=\"www\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    // A member whose status says it is behind: fleet status exits 1 and names it.
+    let mut raw = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .expect("raw client");
+    let mut behind = s
+        .statuses
+        .iter()
+        .find(|st| st.member == "member-2")
+        .expect("member-2 status")
+        .clone();
+    behind.generation = 0;
+    behind.fingerprint_sha256 = Some("00".into());
+    raw.put(
+        format!("{}/status/member-2/www", procs::PREFIX),
+        serde_json::to_vec(&behind).expect("json"),
+        None,
+    )
+    .await
+    .expect("put");
+    let (code, out) = members[0].fleet_status();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("lagging: member-2 (www)"), "{out}");
 }
 
 const BATCH_WAF: &str = "batch-push/WAF/ap-southeast-1";
@@ -739,6 +821,16 @@ async fn sigkill_of_the_lock_holder_mid_deploy_never_repeats_a_call() {
         "{}",
         logs(&survivors)
     );
+    // fleet status shows it, and exits 1; the killed member is gone, not lagging.
+    let (code, out) = survivors[0].fleet_status();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "needs a human (outcome of a deploy call unknown): www: batch-push/WAF/ap-southeast-1"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("lagging:"), "{out}");
 }
 
 /// The lock holder is SIGSTOPped during its first deploy call, past its lease, then SIGCONTed:

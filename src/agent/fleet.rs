@@ -40,6 +40,7 @@ pub struct FleetLink {
 
 struct FleetMetrics {
     up: prometheus::IntGauge,
+    members: prometheus::IntGauge,
     leader: prometheus::IntGaugeVec,
     generation: prometheus::IntGaugeVec,
     installed_generation: prometheus::IntGaugeVec,
@@ -57,6 +58,10 @@ impl FleetMetrics {
             up: gauge(
                 "ccm_agent_fleet_coordinator_up",
                 "1 when this member holds a live etcd lease and a current view of the fleet.",
+            )?,
+            members: gauge(
+                "ccm_agent_fleet_members",
+                "Members registered in the fleet (live etcd leases), as this member sees them.",
             )?,
             leader: vec(
                 "ccm_agent_fleet_leader",
@@ -87,6 +92,7 @@ impl FleetMetrics {
             )?,
         };
         registry.register(Box::new(m.up.clone()))?;
+        registry.register(Box::new(m.members.clone()))?;
         registry.register(Box::new(m.leader.clone()))?;
         registry.register(Box::new(m.generation.clone()))?;
         registry.register(Box::new(m.installed_generation.clone()))?;
@@ -113,6 +119,11 @@ impl FleetLink {
     pub fn observe(&self, names: &[(String, FleetMode)]) {
         let c = &self.coordinator;
         self.metrics.up.set(i64::from(c.is_up()));
+        if c.is_up() {
+            self.metrics
+                .members
+                .set(i64::try_from(c.members()).unwrap_or(i64::MAX));
+        }
         for (name, mode) in names {
             if *mode == FleetMode::Local {
                 continue;

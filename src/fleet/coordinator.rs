@@ -359,14 +359,18 @@ impl Coordinator {
         }
     }
 
-    /// One snapshot of `certs/` and `locks/` (one transaction, so one revision), then a watch
-    /// of both from the next revision, until the stream fails.
+    /// One snapshot of `certs/`, `locks/` and `members/` (one transaction, so one revision),
+    /// then a watch of the three from the next revision, until the stream fails.
     async fn watch_once(&self) -> Result<(), FleetError> {
         let mut client = self.client().await?;
-        let (certs, locks) = (self.keys.certs(), self.keys.locks());
+        let (certs, locks, members) = (self.keys.certs(), self.keys.locks(), self.keys.members());
         let txn = Txn::new().and_then([
             TxnOp::get(certs.clone(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(locks.clone(), Some(GetOptions::new().with_prefix())),
+            TxnOp::get(
+                members.clone(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
         ]);
         self.count();
         let resp = client.txn(txn).await?;
@@ -407,6 +411,17 @@ impl Coordinator {
                 ),
             )
             .await?;
+        self.count();
+        stream
+            .watch(
+                members,
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await?;
         *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = snapshot;
         self.synced.store(true, Ordering::SeqCst);
         self.changed.notify_one();
@@ -427,6 +442,12 @@ impl Coordinator {
             if resp.events().is_empty() {
                 continue;
             }
+            let members = self.keys.members();
+            // Members joining or leaving change no certificate: no pass for them.
+            let relevant = resp.events().iter().any(|ev| {
+                ev.kv()
+                    .is_some_and(|kv| !kv.key().starts_with(members.as_bytes()))
+            });
             {
                 let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
                 for ev in resp.events() {
@@ -448,7 +469,9 @@ impl Coordinator {
                     }
                 }
             }
-            self.changed.notify_one();
+            if relevant {
+                self.changed.notify_one();
+            }
         }
     }
 
@@ -473,6 +496,17 @@ impl Coordinator {
                 None
             }
         }
+    }
+
+    /// How many members are registered (as the watch last delivered).
+    pub fn members(&self) -> usize {
+        let prefix = self.keys.members();
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .count()
     }
 
     /// Who holds the lock of `name`: (member id, lease).

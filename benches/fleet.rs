@@ -15,10 +15,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/required/mod.rs"]
-mod required;
 #[path = "../tests/etcd_fixture/mod.rs"]
 mod etcd_fixture;
+#[path = "../tests/required/mod.rs"]
+mod required;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,7 +108,10 @@ async fn main() {
         })
         .collect();
     while !members.iter().all(|m| m.is_up()) {
-        assert!(t0.elapsed() < Duration::from_secs(120), "members did not join");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "members did not join"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let join = t0.elapsed();
@@ -141,7 +144,10 @@ async fn main() {
             {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "generation {n} never arrived");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "generation {n} never arrived"
+            );
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
         times.push(start.elapsed());

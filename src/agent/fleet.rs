@@ -659,7 +659,12 @@ impl Agent {
             (Some(g), Some(fp)) if g.fingerprint_sha256.eq_ignore_ascii_case(fp) => g.generation,
             _ => 0,
         };
-        let published = g.as_ref().map_or(0, |g| g.generation);
+        // per-host: each member has its own certificate; only the one the targets get is
+        // published, so the others do not lag behind it.
+        let published = match cert.fleet {
+            FleetMode::Shared => g.as_ref().map_or(0, |g| g.generation),
+            _ => installed_generation,
+        };
         link.metrics
             .installed_generation
             .with_label_values(&[name])

@@ -1113,3 +1113,72 @@ async fn per_host_members_issue_their_own_and_the_fleet_deploys_once() {
         3
     );
 }
+
+/// The lock holder is SIGKILLed after PCA issued the first generation and before it was
+/// published (its export of the new certificate hangs): the member that takes over finds that
+/// certificate in PCA and publishes it instead of issuing another. One issuance in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_killed_between_issuance_and_publication_costs_no_second_issuance() {
+    let Some(etcd) = Etcd::start() else { return };
+    let (emu, ca_id) = emulator_with_ca().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let setup = Setup {
+        emu: &emu,
+        etcd: &etcd,
+        ca_id: &ca_id,
+        validity: DAY30,
+        renew: "",
+        lease_ttl: "3s",
+        fleet: "shared",
+        pca_mode: "apply",
+    };
+    emu.shared().add_fault(slow("pca.export_certificate", 8000));
+    emu.shared().clear_requests();
+    let mut members: Vec<Proc> = (1..=3)
+        .map(|i| Proc::spawn(&setup, root.path(), &format!("member-{i}")))
+        .collect();
+    let start = std::time::Instant::now();
+    while emu.shared().count_requests("pca.create_certificate") == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no issuance\n{}",
+            logs(&members)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The holder is the one that marked the issuance.
+    let mut holder = None;
+    while holder.is_none() {
+        holder = fleet(&etcd).await.locks.get("www").cloned();
+        assert!(start.elapsed() < Duration::from_secs(60), "no holder");
+    }
+    let holder = holder.expect("holder");
+    members
+        .iter_mut()
+        .find(|m| m.id == holder)
+        .expect("member")
+        .kill();
+    let survivors: Vec<Proc> = members.into_iter().filter(|m| m.id != holder).collect();
+    wait_until(
+        "the survivors to converge",
+        Duration::from_secs(60),
+        &survivors,
+        || async { converged(&etcd, &survivors).await.is_some() && deployed(&etcd, 1).await },
+    )
+    .await;
+    assert_eq!(
+        emu.shared().count_requests("pca.create_certificate"),
+        1,
+        "{}",
+        logs(&survivors)
+    );
+    let s = fleet(&etcd).await;
+    assert_eq!(s.generations["www"].generation, 1);
+    assert!(
+        survivors.iter().any(|m| m
+            .log()
+            .contains("adopting the certificate the previous lock holder issued")),
+        "{}",
+        logs(&survivors)
+    );
+}

@@ -308,21 +308,30 @@ impl Agent {
                 && should_install(local.as_ref(), g, g_due)
             {
                 self.renewer
-                    .install_published(cert, &g.cloud_id, &g.fingerprint_sha256)
+                    .install_published(cert, &g.cloud_id, Some(&g.fingerprint_sha256))
                     .await?;
+            }
+            if let Some(report) = self.adopt_interrupted(f, cert, g.as_ref()).await? {
+                return Ok(report);
             }
             // The fence before the billed call: a member that lost the lock stops here.
             f.mark_issuing(name, g.as_ref().map_or(0, |g| g.generation))
                 .await
                 .map_err(fleet_error(name))?;
             let report = self.renewer.check(cert, opts).await?;
-            self.publish_installed(f, cert, &report, g.as_ref()).await?;
+            if self
+                .publish_installed(f, cert, &report, g.as_ref())
+                .await?
+                .is_none()
+            {
+                f.clear_issuing(name).await.map_err(fleet_error(name))?;
+            }
             return Ok(report);
         }
         match &g {
             Some(g) if should_install(local.as_ref(), g, g_due) => Ok(self
                 .renewer
-                .install_published(cert, &g.cloud_id, &g.fingerprint_sha256)
+                .install_published(cert, &g.cloud_id, Some(&g.fingerprint_sha256))
                 .await?),
             Some(_) => Ok(self.renewer.observe(cert)?),
             None => {
@@ -337,6 +346,42 @@ impl Agent {
                 Ok(r)
             }
         }
+    }
+
+    /// The previous holder marked an issuance replacing the current generation and never
+    /// published it (it stopped in between): the certificate it may have issued is looked for
+    /// in PCA first, and adopted and published instead of issuing another. A listing that fails
+    /// fails the pass (issuing blindly could cost a second issuance).
+    async fn adopt_interrupted(
+        &self,
+        f: &Coordinator,
+        cert: &ManagedCertificate,
+        g: Option<&Generation>,
+    ) -> Result<Option<CheckReport>, PassError> {
+        let name = cert.name.as_str();
+        let Some(mark) = f.issuing(name) else {
+            return Ok(None);
+        };
+        if mark.member == f.member_id() || mark.replaces != g.map_or(0, |g| g.generation) {
+            return Ok(None);
+        }
+        let Ok(at) =
+            time::OffsetDateTime::parse(&mark.at, &time::format_description::well_known::Rfc3339)
+        else {
+            return Ok(None);
+        };
+        let known: Vec<&str> = g.map(|g| g.cloud_id.as_str()).into_iter().collect();
+        let Some(id) = self.renewer.find_fleet_issuance(cert, at, &known).await? else {
+            tracing::info!(certificate = %name, previous = %mark.member, "the interrupted issuance of the previous lock holder created nothing");
+            return Ok(None);
+        };
+        tracing::warn!(
+            certificate = %name, previous = %mark.member, cloud_id = %id,
+            "adopting the certificate the previous lock holder issued but did not publish"
+        );
+        let report = self.renewer.install_published(cert, &id, None).await?;
+        self.publish_installed(f, cert, &report, g).await?;
+        Ok(Some(report))
     }
 
     /// Publishes what the report installed as the next generation when it is not the

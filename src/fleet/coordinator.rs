@@ -657,6 +657,16 @@ impl Coordinator {
         .await
     }
 
+    /// Removes this member's issuing mark when the renewal issued nothing (fenced).
+    pub async fn clear_issuing(&self, name: &str) -> Result<(), FleetError> {
+        self.fenced(
+            name,
+            "clear the issuing mark",
+            vec![TxnOp::delete(self.keys.issuing(name), None)],
+        )
+        .await
+    }
+
     /// Records one deploy unit's progress (fenced).
     pub async fn set_unit(
         &self,

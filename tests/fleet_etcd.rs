@@ -1182,3 +1182,73 @@ async fn a_holder_killed_between_issuance_and_publication_costs_no_second_issuan
         logs(&survivors)
     );
 }
+
+/// Generations follow one another (a one-hour certificate due after 10 s; whichever member
+/// wins the lock issues): each generation's SCM copy, whoever imported it, is deleted once the
+/// next one is deployed everywhere, and the progress of old generations is forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superseded_scm_copies_are_deleted_whoever_imported_them() {
+    let Some(etcd) = Etcd::start() else { return };
+    let (emu, ca_id) = emulator_with_ca().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let setup = Setup {
+        emu: &emu,
+        etcd: &etcd,
+        ca_id: &ca_id,
+        validity: r#"{ type = "HOUR", value = 1 }"#,
+        renew: "renew_before = \"59m50s\"\nemergency_before = \"10m\"\njitter = 0.0",
+        lease_ttl: "3s",
+        fleet: "shared",
+        pca_mode: "apply",
+    };
+    let members: Vec<Proc> = (1..=3)
+        .map(|i| Proc::spawn(&setup, root.path(), &format!("member-{i}")))
+        .collect();
+    let copies = || {
+        emu.shared().with_state(|st| {
+            st.scm
+                .certificates()
+                .iter()
+                .filter(|c| c.name == "fleet-www")
+                .count()
+        })
+    };
+    wait_until(
+        "generation 3 deployed",
+        Duration::from_secs(120),
+        &members,
+        || async {
+            let s = fleet(&etcd).await;
+            match s.generations.get("www") {
+                Some(g) if g.generation >= 3 => deployed(&etcd, g.generation).await,
+                _ => false,
+            }
+        },
+    )
+    .await;
+    let s = fleet(&etcd).await;
+    let g = s.generations["www"].generation;
+    // Right after the deploy that completes a generation, its run deletes the older copies.
+    wait_until(
+        "old copies deleted",
+        Duration::from_secs(30),
+        &members,
+        || async {
+            let s = fleet(&etcd).await;
+            let current = s.generations["www"].generation;
+            copies() <= 1 + (current - g) as usize
+                && s.units
+                    .get("www")
+                    .is_some_and(|u| u.keys().all(|k| *k + 1 >= current))
+        },
+    )
+    .await;
+    let imported = emu.shared().count_requests("scm.import_certificate");
+    let deleted = emu.shared().count_requests("scm.delete_certificate");
+    assert!(imported >= 3, "{imported}");
+    assert!(
+        deleted >= 2,
+        "{deleted} deleted of {imported}\n{}",
+        logs(&members)
+    );
+}

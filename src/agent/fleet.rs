@@ -611,6 +611,30 @@ impl Agent {
                 primed = true;
             }
         }
+        // The SCM copies of earlier generations, imported by whichever member held the lock
+        // then: superseded by this generation's, deleted by the run once every unit has it.
+        let older: Vec<u64> = f
+            .deploy_generations(name)
+            .into_iter()
+            .filter(|k| *k < g.generation)
+            .collect();
+        if matches!(cert.source, CertificateSource::Pca(_)) {
+            for k in &older {
+                for p in f.units(name, *k).values() {
+                    let Some(id) = &p.scm_id else { continue };
+                    let current = st.scm_copy.as_ref().is_some_and(|c| &c.id == id);
+                    if !current && !st.superseded.iter().any(|c| &c.id == id) {
+                        st.superseded.push(deploy::ScmCopy {
+                            id: id.clone(),
+                            name: spec.scm_name.clone(),
+                            fingerprint: String::new(),
+                            sha1: String::new(),
+                        });
+                        primed = true;
+                    }
+                }
+            }
+        }
         if primed {
             store.save(name, &st).map_err(|e| fail(e.to_string()))?;
         }
@@ -679,6 +703,15 @@ impl Agent {
         f.set_units(name, g.generation, &known)
             .await
             .map_err(fleet_error(name))?;
+        let progress = f.units(name, g.generation);
+        let everywhere = keys
+            .iter()
+            .all(|k| progress.get(k).is_some_and(|p| p.state == UnitState::Done));
+        if everywhere && result.cleanup_failures.is_empty() {
+            f.forget_generations(name, &older)
+                .await
+                .map_err(fleet_error(name))?;
+        }
         if result.is_complete() {
             Ok(())
         } else {

@@ -808,6 +808,7 @@ async fn sigkill_of_the_lock_holder_mid_deploy_never_repeats_a_call() {
         "the same call covered both regions: {units:?}"
     );
     let calls = calls_per_target(&emu);
+    eprintln!("deploy calls per target after the SIGKILL: {calls:?}");
     assert!(
         calls.values().all(|n| *n <= 1),
         "a target called twice: {calls:?}"

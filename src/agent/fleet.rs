@@ -191,8 +191,9 @@ impl Agent {
         self.fleet.get().cloned()
     }
 
-    /// After a fleet change: refresh the gauges and end the failure backoff of the fleet's
-    /// certificates (what they waited for may have arrived).
+    /// After a fleet change: refresh the gauges. (A certificate waiting out a failure's
+    /// backoff keeps waiting: ending it on every change would let the members of a fleet
+    /// whose cloud calls fail take turns at them as fast as the lock passes.)
     pub fn on_fleet_change(&self) {
         let config = self.config();
         let names: Vec<(String, FleetMode)> = config
@@ -202,18 +203,6 @@ impl Agent {
             .collect();
         if let Some(link) = self.fleet.get() {
             link.observe(&names);
-        }
-        let fleet_names: HashSet<&str> = names
-            .iter()
-            .filter(|(_, m)| *m != FleetMode::Local)
-            .map(|(n, _)| n.as_str())
-            .collect();
-        let now = std::time::Instant::now();
-        let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
-        for (name, (_, until)) in backoff.iter_mut() {
-            if fleet_names.contains(name.as_str()) {
-                *until = (*until).min(now);
-            }
         }
     }
 

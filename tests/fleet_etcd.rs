@@ -271,6 +271,151 @@ async fn the_session_survives_an_etcd_outage() {
     a.stop().await;
 }
 
+/// A CA, an etcd server certificate (127.0.0.1) and a client certificate, as PEM files in `dir`.
+fn tls_files(
+    dir: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "fleet test etcd CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("CA");
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    let leaf = |sans: Vec<String>, cn: &str, eku: Vec<ExtendedKeyUsagePurpose>| {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(sans).expect("params");
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = eku;
+        let cert = p.signed_by(&key, &issuer).expect("signed");
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server, server_key) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        "etcd",
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    );
+    let (client, client_key) = leaf(
+        Vec::new(),
+        "ccm-agent",
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    );
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    (
+        write("ca.pem", &ca_cert.pem()),
+        write("server.pem", &server),
+        write("server-key.pem", &server_key),
+        write("client.pem", &client),
+        write("client-key.pem", &client_key),
+    )
+}
+
+/// etcd with TLS, client certificates and user/password auth: a member with the CA, its client
+/// certificate and the right password joins and holds locks; a wrong password, or no client
+/// certificate, keeps a member out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_client_certificates_and_password_auth() {
+    use ccm_agent::config::SecretSource;
+    use ccm_agent::fleet::config::{FleetAuth, FleetTls};
+    ccm_agent::cloud::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, server, server_key, client, client_key) = tls_files(dir.path());
+    let Some(etcd) = Etcd::start_tls(ca.clone(), server, server_key) else {
+        return;
+    };
+    let tls = FleetTls {
+        ca: Some(ca.clone()),
+        identity: Some((client.clone(), client_key.clone())),
+    };
+    let with = |id: &str, tls: Option<FleetTls>, auth: Option<FleetAuth>| FleetSettings {
+        tls,
+        auth,
+        ..settings(&etcd, id, 5)
+    };
+    // Enable auth as an administrator would: a root user, then a user for the agents.
+    let admin = with("admin", Some(tls.clone()), None);
+    let mut root = ccm_agent::fleet::coordinator::connect(&admin, None)
+        .await
+        .expect("TLS connection");
+    root.user_add("root", "root-pw", None)
+        .await
+        .expect("root user");
+    root.user_grant_role("root", "root")
+        .await
+        .expect("root role");
+    root.auth_enable().await.expect("auth on");
+    let auth = |pw: &str| {
+        Some(FleetAuth {
+            user: "root".into(),
+            password: SecretSource::Env(vec!["UNUSED".into()]),
+        })
+        .map(|a| (a, ccm_agent::cloud::Secret::new(pw)))
+    };
+    let (a, pw) = auth("root-pw").expect("auth");
+    let good = Coordinator::start(
+        with("good", Some(tls.clone()), Some(a)),
+        member("good"),
+        Some(pw),
+    );
+    up(&good).await;
+    assert!(good.try_lock("www").await.expect("lock over TLS with auth"));
+    let g = Generation {
+        generation: 1,
+        cloud_id: "c".into(),
+        fingerprint_sha256: "AA".into(),
+        not_after: "2030-01-01T00:00:00Z".into(),
+        not_before: "2029-01-01T00:00:00Z".into(),
+        issued_by: "good".into(),
+        source: "pca".into(),
+    };
+    good.publish("www", &g).await.expect("publish");
+    let (a, pw) = auth("wrong").expect("auth");
+    let wrong_pw = Coordinator::start(
+        with("wrong-pw", Some(tls.clone()), Some(a)),
+        member("wrong-pw"),
+        Some(pw),
+    );
+    let (a, pw) = auth("root-pw").expect("auth");
+    let no_cert = Coordinator::start(
+        with(
+            "no-cert",
+            Some(FleetTls {
+                ca: Some(ca.clone()),
+                identity: None,
+            }),
+            Some(a),
+        ),
+        member("no-cert"),
+        Some(pw),
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!wrong_pw.is_up(), "a wrong password must not join");
+    assert!(
+        !no_cert.is_up(),
+        "a member without a client certificate must not join"
+    );
+    assert_eq!(good.generation("www"), Some(g));
+    wrong_pw.stop().await;
+    no_cert.stop().await;
+    good.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Real `ccm-agent run` processes sharing one certificate through one etcd, against the emulator.
 // ---------------------------------------------------------------------------------------------

@@ -15,6 +15,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+/// The certificate vocabulary is the domain's own ([`crate::pki`]); the CCM client's wire types
+/// are converted at the client boundary (`agent::renew::wire`).
+pub use crate::pki::{
+    DistinguishedName, ExtendedKeyUsage, KeyAlgorithm, KeyUsage, SignatureHash, SubjectAltName,
+};
 pub use crate::values::{Problem, Schedule, format_duration, parse_duration, parse_mode};
 
 use crate::cloud::{AkSk, Credentials, Endpoints, PasswordIdentity, Secret};
@@ -164,6 +169,23 @@ impl Checker {
         }
         found
     }
+}
+
+/// How the configuration file spells an extended key usage: as the API's `extended_key_usage`
+/// fields (`server_auth`), not RFC 5280's names (`serverAuth`).
+fn eku_file_name(e: ExtendedKeyUsage) -> &'static str {
+    match e {
+        ExtendedKeyUsage::ServerAuth => "server_auth",
+        ExtendedKeyUsage::ClientAuth => "client_auth",
+        ExtendedKeyUsage::CodeSigning => "code_signing",
+        ExtendedKeyUsage::EmailProtection => "email_protection",
+        ExtendedKeyUsage::TimeStamping => "time_stamping",
+    }
+}
+
+/// A domain enum's values with their names, for [`Checker::choice`].
+fn named<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> Vec<(&'static str, T)> {
+    all.iter().map(|v| (name(*v), *v)).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,16 +387,24 @@ pub struct PcaSource {
     /// The issuing CA (`issuer_id`, a UUID).
     pub ca_id: String,
     pub mode: PcaMode,
-    pub subject: Subject,
+    /// The subject; validation guarantees a common name ([`PcaSource::common_name`]).
+    pub subject: DistinguishedName,
     pub sans: Vec<SubjectAltName>,
     pub key_algorithm: KeyAlgorithm,
-    pub signature_algorithm: SignatureAlgorithm,
+    pub signature_algorithm: SignatureHash,
     pub validity: ValidityPeriod,
     pub key_usages: Vec<KeyUsage>,
     pub extended_key_usage: Vec<ExtendedKeyUsage>,
     /// Revoke the superseded certificate (reason SUPERSEDED) this long after the new one is
     /// installed; `None`: never revoke.
     pub revoke_superseded_after: Option<Duration>,
+}
+
+impl PcaSource {
+    /// The subject's common name (always set once the configuration is validated).
+    pub fn common_name(&self) -> &str {
+        self.subject.common_name.as_deref().unwrap_or_default()
+    }
 }
 
 /// Where the private key is generated.
@@ -385,57 +415,6 @@ pub enum PcaMode {
     Csr,
     /// By PCA (`POST /v1/private-certificates`), fetched with the export call.
     Apply,
-}
-
-/// The subject (`distinguished_name`); fields not given are inherited from the CA by PCA.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Subject {
-    pub common_name: String,
-    pub country: Option<String>,
-    pub state: Option<String>,
-    pub locality: Option<String>,
-    pub organization: Option<String>,
-    pub organizational_unit: Option<String>,
-}
-
-impl Subject {
-    pub fn to_api(&self) -> crate::cloud::pca::DistinguishedName {
-        crate::cloud::pca::DistinguishedName {
-            common_name: Some(self.common_name.clone()),
-            country: self.country.clone(),
-            state: self.state.clone(),
-            locality: self.locality.clone(),
-            organization: self.organization.clone(),
-            organizational_unit: self.organizational_unit.clone(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SubjectAltName {
-    Dns(String),
-    Ip(IpAddr),
-    Email(String),
-    Uri(String),
-}
-
-impl SubjectAltName {
-    /// The API's `type`: `DNS`, `IP`, `EMAIL`, `URI`.
-    pub fn api_type(&self) -> &'static str {
-        match self {
-            SubjectAltName::Dns(_) => "DNS",
-            SubjectAltName::Ip(_) => "IP",
-            SubjectAltName::Email(_) => "EMAIL",
-            SubjectAltName::Uri(_) => "URI",
-        }
-    }
-
-    pub fn value(&self) -> String {
-        match self {
-            SubjectAltName::Dns(v) | SubjectAltName::Email(v) | SubjectAltName::Uri(v) => v.clone(),
-            SubjectAltName::Ip(ip) => ip.to_string(),
-        }
-    }
 }
 
 macro_rules! api_enum {
@@ -456,32 +435,9 @@ macro_rules! api_enum {
     };
 }
 
-api_enum!(KeyAlgorithm { Rsa2048 = "RSA2048", Rsa4096 = "RSA4096", Ec256 = "EC256", Ec384 = "EC384" });
-api_enum!(SignatureAlgorithm { Sha256 = "SHA256", Sha384 = "SHA384", Sha512 = "SHA512" });
 api_enum!(
     /// `validity.type`: YEAR (12 months), MONTH (31 days), DAY, HOUR.
     ValidityUnit { Year = "YEAR", Month = "MONTH", Day = "DAY", Hour = "HOUR" }
-);
-api_enum!(KeyUsage {
-    DigitalSignature = "digitalSignature",
-    NonRepudiation = "nonRepudiation",
-    KeyEncipherment = "keyEncipherment",
-    DataEncipherment = "dataEncipherment",
-    KeyAgreement = "keyAgreement",
-    KeyCertSign = "keyCertSign",
-    CrlSign = "cRLSign",
-    EncipherOnly = "encipherOnly",
-    DecipherOnly = "decipherOnly",
-});
-api_enum!(
-    /// The fields of the API's `extended_key_usage` object.
-    ExtendedKeyUsage {
-        ServerAuth = "server_auth",
-        ClientAuth = "client_auth",
-        CodeSigning = "code_signing",
-        EmailProtection = "email_protection",
-        TimeStamping = "time_stamping",
-    }
 );
 
 /// Private certificates may live at most 20 years (API reference, `Validity`).
@@ -1322,7 +1278,7 @@ struct PartialPca {
     subject: raw::RawSubject,
     sans: Option<Vec<SubjectAltName>>,
     key_algorithm: Option<KeyAlgorithm>,
-    signature_algorithm: Option<SignatureAlgorithm>,
+    signature_algorithm: Option<SignatureHash>,
     validity: Option<ValidityPeriod>,
     key_usages: Option<Vec<KeyUsage>>,
     extended_key_usage: Option<Vec<ExtendedKeyUsage>>,
@@ -1496,12 +1452,12 @@ fn check_pca(c: &mut Checker, prefix: &str, p: &RawPca) -> PartialPca {
     let key_algorithm = c.choice(
         &key("key_algorithm"),
         p.key_algorithm.as_ref(),
-        KeyAlgorithm::ALL,
+        &named(KeyAlgorithm::ALL, KeyAlgorithm::as_str),
     );
     let signature_algorithm = c.choice(
         &key("signature_algorithm"),
         p.signature_algorithm.as_ref(),
-        SignatureAlgorithm::ALL,
+        &named(SignatureHash::ALL, SignatureHash::as_str),
     );
     let validity = p.validity.as_ref().and_then(|v| {
         let unit = match &v.kind {
@@ -1534,7 +1490,11 @@ fn check_pca(c: &mut Checker, prefix: &str, p: &RawPca) -> PartialPca {
         vs.iter()
             .enumerate()
             .filter_map(|(i, v)| {
-                c.choice(&key(&format!("key_usages[{i}]")), Some(v), KeyUsage::ALL)
+                c.choice(
+                    &key(&format!("key_usages[{i}]")),
+                    Some(v),
+                    &named(KeyUsage::ALL, KeyUsage::as_str),
+                )
             })
             .collect()
     });
@@ -1545,7 +1505,7 @@ fn check_pca(c: &mut Checker, prefix: &str, p: &RawPca) -> PartialPca {
                 c.choice(
                     &key(&format!("extended_key_usage[{i}]")),
                     Some(v),
-                    ExtendedKeyUsage::ALL,
+                    &named(ExtendedKeyUsage::ALL, eku_file_name),
                 )
             })
             .collect()
@@ -1585,8 +1545,8 @@ fn merge_pca(c: &mut Checker, prefix: &str, cert: PartialPca, d: &PartialPca) ->
             None
         }
     };
-    let subject = Subject {
-        common_name: common_name.unwrap_or_default(),
+    let subject = DistinguishedName {
+        common_name,
         country: pick(&s.country, &ds.country),
         state: pick(&s.state, &ds.state),
         locality: pick(&s.locality, &ds.locality),
@@ -1636,7 +1596,7 @@ fn merge_pca(c: &mut Checker, prefix: &str, cert: PartialPca, d: &PartialPca) ->
         signature_algorithm: cert
             .signature_algorithm
             .or(d.signature_algorithm)
-            .unwrap_or(SignatureAlgorithm::Sha256),
+            .unwrap_or(SignatureHash::Sha256),
         validity: validity?,
         key_usages: cert
             .key_usages

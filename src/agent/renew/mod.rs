@@ -33,6 +33,7 @@
 pub mod error;
 mod pca;
 mod scm;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -3,7 +3,7 @@
 //! certificate; each stage consumes what the stage before it produced and reads nothing again
 //! that a stage already had.
 //!
-//! 1. **plan**: is it due, and why. [`Renewer::check`] reads the renewal record and the files
+//! 1. **plan**: is it due, and why. [`Renewer::check`](super::renew::Renewer::check) reads the renewal record and the files
 //!    in place and decides (`pca_need` / `scm_need` in [`super::renew`], on the pure
 //!    [`crate::policy::decide`]); a dry run stops here with the planned steps.
 //! 2. **obtain**: issue (PCA apply, or CSR with the key generated here), export (SCM), or
@@ -214,7 +214,7 @@ impl Agent {
     }
 
     /// One certificate through the stages (see the module doc): plan, obtain, verify and
-    /// install in [`Renewer::check`], then [`Agent::activate`] when the files changed, then
+    /// install in [`Renewer::check`](super::renew::Renewer::check), then [`Agent::activate`] when the files changed, then
     /// [`Agent::publish`]. Recording is the pass's ([`Agent::run_pass`]). A dry run stops
     /// after the plan.
     pub async fn pass(

@@ -584,6 +584,84 @@ async fn a_deleted_key_is_restored_within_seconds_without_the_cloud() {
         .expect("stops");
 }
 
+/// The watcher sees the agent's own writes too: restoring a deleted key is one pass, not a
+/// second one set off by the restore's own rename (issue "Cheaper passes"). A change by someone
+/// else after that still starts a pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_own_writes_start_no_second_pass() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let (emu, ca_id) = emulator_with_ca().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    // Hourly: only the file watcher starts passes within the test.
+    let text = config_text(dir.path(), &emu, &ca_id, &addr, "0 0 * * * *");
+    let config = Arc::new(Config::from_str(&text, "test.toml").expect("config"));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let shared = emu.shared().clone();
+    let passes = Arc::new(AtomicU64::new(0));
+    let run = tokio::spawn(daemon::run(
+        config,
+        Credentials::AkSk(emu.aksk()),
+        RunOptions {
+            clock: Clock::from_fn(move || shared.now()),
+            metrics_listener: Some(listener),
+            shutdown: shutdown.clone(),
+            on_cycle: Some(Box::new({
+                let passes = passes.clone();
+                move |_| {
+                    passes.fetch_add(1, Ordering::SeqCst);
+                }
+            })),
+            notifier: ccm_agent::systemd::Notifier::disabled(),
+            reload_config: None,
+            config_path: None,
+        },
+    ));
+    wait_ready(&addr).await;
+    assert_eq!(passes.load(Ordering::SeqCst), 1, "the startup pass");
+    let key = dir.path().join("live/web/privkey.pem");
+    let original = std::fs::read(&key).expect("key installed");
+
+    // Deleted: one pass restores it; the restore's own events start nothing more.
+    std::fs::remove_file(&key).expect("delete key");
+    let k = key.clone();
+    wait_for("key restored", Duration::from_secs(30), || {
+        std::fs::read(&k).is_ok_and(|b| b == original)
+    })
+    .await;
+    wait_for("the restoring pass ends", Duration::from_secs(30), || {
+        passes.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    // Longer than the watcher's 300 ms settling time, several times over.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        passes.load(Ordering::SeqCst),
+        2,
+        "the restore's own rename started another pass"
+    );
+
+    // Someone else's write is still noticed (and undone).
+    std::fs::write(&key, b"not a key").expect("overwrite");
+    wait_for("overwritten key restored", Duration::from_secs(30), || {
+        std::fs::read(&k).is_ok_and(|b| b == original)
+    })
+    .await;
+    wait_for("the third pass ends", Duration::from_secs(30), || {
+        passes.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(passes.load(Ordering::SeqCst), 3);
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("stops");
+}
+
 /// `check --online`, `renew --dry-run`, `renew`, and `status --json`, as an operator runs them.
 #[test]
 fn cli_check_online_renew_dry_run_and_status() {

@@ -298,8 +298,53 @@ pub struct RunOptions {
 
 /// Why the file watcher woke the loop.
 enum Watched {
-    Outputs,
+    Output(PathBuf),
     Config,
+}
+
+/// What the output files looked like when the agent last knew them: taken of every output
+/// before a pass, and again after the pass for the certificates whose files the pass itself
+/// changed (an install, a restore, a rollback). A watch event on a file whose stamp still
+/// matches is the echo of the agent's own write and starts no pass; any other change does.
+#[derive(Default)]
+struct OutputStamps(std::collections::HashMap<PathBuf, Option<crate::fsio::FileStamp>>);
+
+impl OutputStamps {
+    fn take(&mut self, cert: &crate::config::ManagedCertificate) {
+        for path in cert.output.paths() {
+            self.0
+                .insert(path.to_path_buf(), crate::fsio::FileStamp::of(path));
+        }
+    }
+
+    fn take_all(&mut self, config: &Config) {
+        self.0.clear();
+        for cert in &config.certificates {
+            self.take(cert);
+        }
+    }
+
+    /// After a pass: the certificates whose files the pass wrote.
+    fn take_written(&mut self, pass: &PassResults) {
+        for (cert, result) in &pass.results {
+            let wrote = match result {
+                Ok(report) => report.install_changed,
+                // A failed reload restored the previous files.
+                Err(PassError::Reload(_)) => true,
+                Err(_) => false,
+            };
+            if wrote {
+                self.take(cert);
+            }
+        }
+    }
+
+    /// Whether `path` is not as the agent last knew it (or was never known).
+    fn changed(&self, path: &Path) -> bool {
+        self.0
+            .get(path)
+            .is_none_or(|known| *known != crate::fsio::FileStamp::of(path))
+    }
 }
 
 /// Watch the directories of every output file (a deleted, truncated or replaced certificate or
@@ -329,7 +374,7 @@ fn watch_files(
         }
         for path in &event.paths {
             if watched_outputs.contains(path) {
-                let _ = tx.send(Watched::Outputs);
+                let _ = tx.send(Watched::Output(path.clone()));
             } else if watched_config.as_deref() == Some(path.as_path()) {
                 let _ = tx.send(Watched::Config);
             }
@@ -412,8 +457,12 @@ pub async fn run(
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
             .context("listening for SIGUSR1")?;
     agent.resume().await;
+    let mut stamps = OutputStamps::default();
+    stamps.take_all(&agent.config());
     if config.agent.check_on_start {
-        let summary = run_cycle(&agent, watchdog.as_mut(), &notifier, &opts.shutdown).await;
+        let pass = run_cycle(&agent, watchdog.as_mut(), &notifier, &opts.shutdown).await;
+        stamps.take_written(&pass);
+        let summary = pass.summary;
         tracing::info!(%summary, "startup check finished");
         if let Some(cb) = &opts.on_cycle {
             cb(&summary);
@@ -465,16 +514,32 @@ pub async fn run(
                 Some(what) = watched.recv() => {
                     // Let a burst of events (an editor's save, our own install) settle.
                     tokio::time::sleep(Duration::from_millis(300)).await;
-                    let mut config_changed = matches!(what, Watched::Config);
+                    let mut events = vec![what];
                     while let Ok(more) = watched.try_recv() {
-                        config_changed |= matches!(more, Watched::Config);
+                        events.push(more);
                     }
+                    let config_changed = events.iter().any(|e| matches!(e, Watched::Config));
+                    let changed: std::collections::BTreeSet<&Path> = events
+                        .iter()
+                        .filter_map(|e| match e {
+                            Watched::Output(p) if stamps.changed(p) => Some(p.as_path()),
+                            _ => None,
+                        })
+                        .collect();
                     if config_changed {
                         if let Some(load) = &opts.reload_config {
                             reload_config(&agent, load, &notifier);
                         }
+                    } else if let Some(first) = changed.first() {
+                        tracing::info!(
+                            path = %first.display(),
+                            files = changed.len(),
+                            "an output file changed; checking"
+                        );
                     } else {
-                        tracing::info!("an output file changed; checking");
+                        // Only the echo of the agent's own installs: nothing to check.
+                        tracing::debug!(events = events.len(), "own writes; not checking");
+                        continue;
                     }
                     break;
                 }
@@ -487,7 +552,10 @@ pub async fn run(
             fatal = Some(e);
             break;
         }
-        let summary = run_cycle(&agent, watchdog.as_mut(), &notifier, &opts.shutdown).await;
+        stamps.take_all(&agent.config());
+        let pass = run_cycle(&agent, watchdog.as_mut(), &notifier, &opts.shutdown).await;
+        stamps.take_written(&pass);
+        let summary = pass.summary;
         tracing::info!(%summary, "check finished");
         if let Some(cb) = &opts.on_cycle {
             cb(&summary);
@@ -528,10 +596,10 @@ async fn run_cycle(
     mut watchdog: Option<&mut tokio::time::Interval>,
     notifier: &crate::systemd::Notifier,
     shutdown: &CancellationToken,
-) -> CycleSummary {
-    let check = agent.check_all(CheckOptions::default());
+) -> PassResults {
+    let check = agent.run_pass(&[], CheckOptions::default());
     tokio::pin!(check);
-    let summary = loop {
+    let pass = loop {
         tokio::select! {
             s = &mut check => break s,
             _ = next_watchdog(watchdog.as_deref_mut()) => notifier.watchdog(),
@@ -542,14 +610,17 @@ async fn run_cycle(
                     Ok(s) => break s,
                     Err(_) => {
                         tracing::warn!(grace = ?SHUTDOWN_GRACE, "shutdown: abandoning the pass in progress");
-                        break CycleSummary::default();
+                        break PassResults {
+                            summary: CycleSummary::default(),
+                            results: Vec::new(),
+                        };
                     }
                 }
             }
         }
     };
-    notifier.status(&summary.to_string());
-    summary
+    notifier.status(&pass.summary.to_string());
+    pass
 }
 
 /// SIGHUP: validate the new configuration first; an invalid one is rejected with its errors

@@ -662,6 +662,88 @@ async fn the_agents_own_writes_start_no_second_pass() {
         .expect("stops");
 }
 
+/// Drop-ins: a certificate added as `conf.d/api.toml` to a running daemon is picked up (the
+/// include directory is watched like the configuration file) and installed; a broken drop-in is
+/// rejected with its file and key named, and the running configuration stays.
+#[test]
+fn a_drop_in_added_to_a_running_daemon_is_managed() {
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let (emu, ca_id) = rt.block_on(emulator_with_ca());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = config_text(dir.path(), &emu, &ca_id, "127.0.0.1:0", "0 0 * * * *");
+    let split = full
+        .find("[[certificates]]\nname = \"api\"")
+        .expect("api entry");
+    let (main, api) = full.split_at(split);
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, format!("include = [\"conf.d/*.toml\"]\n{main}")).expect("config");
+    let conf_d = dir.path().join("conf.d");
+    std::fs::create_dir(&conf_d).expect("conf.d");
+    let log = dir.path().join("agent.log");
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn agent");
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !f() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let live = dir.path().join("live");
+    // Ready (after the startup check, once the watcher runs): /readyz answers 200.
+    let ready = || {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let Some(at) = log.find("address=") else {
+            return false;
+        };
+        let addr: String = log[at + 8..]
+            .chars()
+            .take_while(|c| !c.is_whitespace())
+            .collect();
+        rt.block_on(reqwest::get(format!("http://{addr}/readyz")))
+            .is_ok_and(|r| r.status() == 200)
+    };
+    wait("ready", &ready);
+    assert!(live.join("web/cert.pem").exists());
+    assert!(!live.join("api").exists());
+
+    // Written as configuration management does: a temp file, renamed into place.
+    std::fs::write(conf_d.join(".api.toml.tmp"), api).expect("drop-in");
+    std::fs::rename(conf_d.join(".api.toml.tmp"), conf_d.join("api.toml")).expect("rename");
+    wait("api installed from the drop-in", &|| {
+        live.join("api/cert.pem").exists()
+    });
+
+    std::fs::write(
+        conf_d.join("bad.toml"),
+        "[[certificates]]\nname = \"bad\"\n[certificates.pca]\nsans = [\"dns:bad.internal\"]\n",
+    )
+    .expect("bad drop-in");
+    let bad = conf_d.join("bad.toml").display().to_string();
+    wait("the broken drop-in rejected", &|| {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains(&format!("{bad}: certificates[0].pca.ca_id")))
+    });
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "still running"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(emu);
+}
+
 /// `check --online`, `renew --dry-run`, `renew`, and `status --json`, as an operator runs them.
 #[test]
 fn cli_check_online_renew_dry_run_and_status() {

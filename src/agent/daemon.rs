@@ -348,8 +348,9 @@ impl OutputStamps {
 }
 
 /// Watch the directories of every output file (a deleted, truncated or replaced certificate or
-/// key starts a pass at once, which restores the last good version without calling the cloud)
-/// and the configuration file. Directories, not files: installs are renames.
+/// key starts a pass at once, which restores the last good version without calling the cloud),
+/// the configuration file and the drop-in directories of its `include` (a change reloads the
+/// configuration). Directories, not files: installs and editors' saves are renames.
 fn watch_files(
     config: &Config,
     config_path: Option<&Path>,
@@ -367,6 +368,17 @@ fn watch_files(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let watched_outputs = outputs.clone();
     let watched_config = config_path.clone();
+    let drop_in_dirs: std::collections::HashSet<PathBuf> =
+        config.include_dirs.iter().cloned().collect();
+    let watched_drop_ins = drop_in_dirs.clone();
+    // A drop-in: a visible `.toml` file in an include directory (written, added or removed).
+    let is_drop_in = move |path: &Path| {
+        path.parent().is_some_and(|d| watched_drop_ins.contains(d))
+            && path.extension().is_some_and(|e| e == "toml")
+            && !path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+    };
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
         if matches!(event.kind, notify::EventKind::Access(_)) {
@@ -375,7 +387,7 @@ fn watch_files(
         for path in &event.paths {
             if watched_outputs.contains(path) {
                 let _ = tx.send(Watched::Output(path.clone()));
-            } else if watched_config.as_deref() == Some(path.as_path()) {
+            } else if watched_config.as_deref() == Some(path.as_path()) || is_drop_in(path) {
                 let _ = tx.send(Watched::Config);
             }
         }
@@ -388,6 +400,7 @@ fn watch_files(
     if let Some(parent) = config_path.as_deref().and_then(Path::parent) {
         dirs.insert(parent.to_path_buf());
     }
+    dirs.extend(drop_in_dirs);
     for dir in dirs {
         // A directory the first install creates is watched from the next start; the schedule
         // still covers it meanwhile.

@@ -7,6 +7,7 @@
 //! `config/ccm-agent.example.toml` documents every key.
 
 pub mod env;
+pub mod include;
 pub mod raw;
 
 use std::collections::HashMap;
@@ -201,6 +202,8 @@ pub struct Config {
     pub metrics: MetricsSettings,
     pub cloud: CloudSettings,
     pub certificates: Vec<ManagedCertificate>,
+    /// The directories the `include` patterns read drop-ins from; the daemon watches them.
+    pub include_dirs: Vec<PathBuf>,
     /// Things that are allowed but probably not meant; print them at startup and in `check`.
     pub warnings: Vec<String>,
 }
@@ -569,15 +572,27 @@ impl Config {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::one(&name, "", format!("cannot read: {e}")))?;
-        Self::from_str_with_env(&text, &name, vars)
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+        Self::parse(&text, &name, base, vars)
     }
 
     /// Parse TOML text, apply the `CCM_AGENT__*` variables among `vars` (see [`env`]), and
     /// validate. Problems in the text keep their line and column; once variables are applied,
     /// the source is named with them (`ccm-agent.toml with CCM_AGENT__CLOUD__REGION`).
+    /// Relative `include` patterns are taken from the current directory.
     pub fn from_str_with_env(
         text: &str,
         source_name: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        Self::parse(text, source_name, None, vars)
+    }
+
+    /// [`Config::from_str_with_env`], with relative `include` patterns taken from `base`.
+    fn parse(
+        text: &str,
+        source_name: &str,
+        base: Option<&Path>,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, source_name, &e))?;
@@ -586,6 +601,7 @@ impl Config {
             .filter(|(k, _)| k.starts_with(env::PREFIX))
             .collect();
         if vars.is_empty() {
+            let raw = include::expand(raw, base, source_name)?;
             return Self::from_raw(raw, source_name);
         }
         let mut table: toml::Table = text
@@ -606,6 +622,7 @@ impl Config {
                         truncate_chars(e.to_string().trim_end(), MESSAGE_MAX_CHARS),
                     )
                 })?;
+        let raw = include::expand(raw, base, &source)?;
         Self::from_raw(raw, &source)
     }
 
@@ -613,6 +630,7 @@ impl Config {
     #[allow(clippy::should_implement_trait)]
     pub fn from_str(text: &str, source_name: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, source_name, &e))?;
+        let raw = include::expand(raw, None, source_name)?;
         Self::from_raw(raw, source_name)
     }
 
@@ -639,6 +657,7 @@ impl Config {
                 metrics,
                 cloud,
                 certificates,
+                include_dirs: raw.include_dirs,
                 warnings: c.warnings,
             }),
             _ => Err(ConfigError {
@@ -1900,8 +1919,14 @@ fn check_certificates(c: &mut Checker, raw: &RawConfig) -> Vec<ManagedCertificat
     let mut paths: HashMap<PathBuf, String> = HashMap::new();
     let mut scm_names: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::new();
+    let label = |i: usize| {
+        raw.certificate_labels
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("certificates[{i}]"))
+    };
     for (i, cert) in raw.certificates.iter().enumerate() {
-        let prefix = format!("certificates[{i}]");
+        let prefix = label(i);
         if let Some(cert) = check_certificate(
             c,
             &prefix,
@@ -1913,10 +1938,7 @@ fn check_certificates(c: &mut Checker, raw: &RawConfig) -> Vec<ManagedCertificat
             if let Some(first) = names.insert(cert.name.clone(), i) {
                 c.err(
                     format!("{prefix}.name"),
-                    format!(
-                        "{:?} is already the name of certificates[{first}]",
-                        cert.name
-                    ),
+                    format!("{:?} is already the name of {}", cert.name, label(first)),
                 );
             }
             for (field, path) in output_fields(&cert.output) {
@@ -1933,10 +1955,7 @@ fn check_certificates(c: &mut Checker, raw: &RawConfig) -> Vec<ManagedCertificat
             {
                 c.err(
                     format!("{prefix}.deploy.scm_name"),
-                    format!(
-                        "{:?} is also the SCM name of certificates[{first}]",
-                        d.scm_name
-                    ),
+                    format!("{:?} is also the SCM name of {}", d.scm_name, label(first)),
                 );
             }
             out.push(cert);

@@ -7,6 +7,10 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// Drop-in files (`include = ["/etc/ccm-agent/conf.d/*.toml"]`), each holding
+    /// `[[certificates]]` only; see [`super::include`].
+    #[serde(default)]
+    pub include: Vec<String>,
     #[serde(default)]
     pub agent: RawAgent,
     #[serde(default)]
@@ -15,6 +19,21 @@ pub struct RawConfig {
     pub cloud: Option<RawCloud>,
     #[serde(default)]
     pub defaults: RawDefaults,
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+    /// How errors name each entry of `certificates`: `certificates[2]` for the main file's,
+    /// `FILE: certificates[0]` for a drop-in's. Empty: the main file's numbering.
+    #[serde(skip)]
+    pub certificate_labels: Vec<String>,
+    /// The directories the `include` patterns look in (watched for new drop-ins).
+    #[serde(skip)]
+    pub include_dirs: Vec<std::path::PathBuf>,
+}
+
+/// A drop-in file: certificates only (the agent, cloud and defaults live in the main file).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDropIn {
     #[serde(default)]
     pub certificates: Vec<RawCertificate>,
 }

@@ -20,6 +20,7 @@
 //! - [`deploy`]: pushing renewed certificates to ELB / WAF through SCM (push, batch-push,
 //!   deploy), never twice for the same certificate.
 //! - [`config`]: the agent's TOML configuration, validated into typed settings.
+//! - [`fleet`]: fleet mode: certificates and cloud deploys shared by many hosts through etcd.
 //! - [`metrics`]: Prometheus metrics, the readiness latch, `/metrics` `/healthz` `/readyz`.
 //! - [`logging`]: log output for terminals, pipes and the journal; the operator-facing events.
 
@@ -29,6 +30,7 @@ pub mod cloud;
 pub mod config;
 pub mod deploy;
 pub mod emulator;
+pub mod fleet;
 pub mod fsio;
 pub mod install;
 pub mod logging;

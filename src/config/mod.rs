@@ -204,6 +204,8 @@ pub struct Config {
     pub certificates: Vec<ManagedCertificate>,
     /// The directories the `include` patterns read drop-ins from; the daemon watches them.
     pub include_dirs: Vec<PathBuf>,
+    /// `[fleet]`: etcd coordination with other hosts; `None` when not configured.
+    pub fleet: Option<crate::fleet::FleetSettings>,
     /// Things that are allowed but probably not meant; print them at startup and in `check`.
     pub warnings: Vec<String>,
 }
@@ -374,6 +376,8 @@ pub struct ManagedCertificate {
     pub deploy: Option<crate::deploy::DeploySpec>,
     /// What to run and check after the files changed (empty: nothing).
     pub reload: crate::reload::ReloadPlan,
+    /// Its place in the fleet (`local` without `[fleet]`).
+    pub fleet: crate::fleet::FleetMode,
 }
 
 // Built once per configuration load: the size difference does not matter.
@@ -650,6 +654,7 @@ impl Config {
             }
         };
         let certificates = check_certificates(&mut c, &raw);
+        let fleet = check_fleet(&mut c, &raw, agent.as_ref(), &certificates);
         match (agent, metrics, cloud) {
             (Some(agent), Some(metrics), Some(cloud)) if c.problems.is_empty() => Ok(Config {
                 source_name: source_name.to_owned(),
@@ -658,6 +663,7 @@ impl Config {
                 cloud,
                 certificates,
                 include_dirs: raw.include_dirs,
+                fleet,
                 warnings: c.warnings,
             }),
             _ => Err(ConfigError {
@@ -1069,6 +1075,69 @@ fn secret_source(
         }
         (None, None) => Some(None),
     }
+}
+
+/// `[fleet]`, and the certificates' fleet modes against it: a mode other than `local` needs
+/// `[fleet]`; a `shared` certificate must be one whose key the cloud can hand to every member
+/// (not PCA CSR mode).
+fn check_fleet(
+    c: &mut Checker,
+    raw: &RawConfig,
+    agent: Option<&AgentSettings>,
+    certificates: &[ManagedCertificate],
+) -> Option<crate::fleet::FleetSettings> {
+    use crate::fleet::FleetMode;
+    let settings = raw.fleet.as_ref().and_then(|f| {
+        let host_id = agent
+            .map(AgentSettings::effective_host_id)
+            .unwrap_or_default();
+        let secret = |key: &str, env: Option<&String>, file: Option<&String>| {
+            let mut inner = Checker::default();
+            match secret_source(&mut inner, key, env, file) {
+                Some(s) if inner.problems.is_empty() => Ok(s),
+                _ => Err(inner.problems.into_iter().next().unwrap_or(Problem {
+                    key: key.to_owned(),
+                    message: "invalid".to_owned(),
+                    position: None,
+                })),
+            }
+        };
+        crate::fleet::config::check(f, &host_id, &secret)
+            .map_err(|problems| c.problems.extend(problems))
+            .ok()
+    });
+    for (i, cert) in certificates.iter().enumerate() {
+        if cert.fleet == FleetMode::Local {
+            continue;
+        }
+        let key = format!("certificates[{i}].fleet");
+        if raw.fleet.is_none() {
+            c.err(
+                &key,
+                format!(
+                    "certificate {:?} is {:?} but there is no [fleet] section (etcd endpoints)",
+                    cert.name,
+                    cert.fleet.as_str()
+                ),
+            );
+        }
+        if cert.fleet == FleetMode::Shared
+            && let CertificateSource::Pca(p) = &cert.source
+            && p.mode == PcaMode::Csr
+        {
+            c.err(
+                &key,
+                format!(
+                    "certificate {:?} cannot be shared in PCA CSR mode: its private key is \
+                     generated on one host and never leaves it, so the other members could not \
+                     install it; use pca.mode = \"apply\" (PCA generates the key and every \
+                     member exports it), or fleet = \"per-host\"",
+                    cert.name
+                ),
+            );
+        }
+    }
+    settings
 }
 
 fn refuse_inline(c: &mut Checker, key: &str, value: Option<&toml::Value>) {
@@ -2132,6 +2201,9 @@ fn check_certificate(
     );
     c.problems.extend(reload.problems);
     c.warnings.extend(reload.warnings);
+    let fleet = crate::fleet::config::check_mode(&format!("{prefix}.fleet"), raw.fleet.as_ref())
+        .map_err(|p| c.problems.push(p))
+        .ok();
     Some(ManagedCertificate {
         name: name?,
         source: source?,
@@ -2139,6 +2211,7 @@ fn check_certificate(
         output: output?,
         deploy: deploy?,
         reload: reload.plan,
+        fleet: fleet?,
     })
 }
 

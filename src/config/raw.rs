@@ -21,6 +21,8 @@ pub struct RawConfig {
     pub defaults: RawDefaults,
     #[serde(default)]
     pub certificates: Vec<RawCertificate>,
+    /// `[fleet]`: coordination with other hosts through etcd (see `crate::fleet`).
+    pub fleet: Option<crate::fleet::config::RawFleet>,
     /// How errors name each entry of `certificates`: `certificates[2]` for the main file's,
     /// `FILE: certificates[0]` for a drop-in's. Empty: the main file's numbering.
     #[serde(skip)]
@@ -147,6 +149,8 @@ pub struct RawCertificate {
     pub verify: Vec<crate::reload::config::RawVerify>,
     pub verify_timeout: Option<String>,
     pub hooks: Option<crate::reload::config::RawHooks>,
+    /// `local` (default), `shared` or `per-host` (see `crate::fleet`).
+    pub fleet: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]

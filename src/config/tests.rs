@@ -730,3 +730,200 @@ fn load_names_the_file() {
     let c = Config::load(&path).expect("loads");
     assert_eq!(c.source_name, path.display().to_string());
 }
+
+// ---- fleet ----
+
+const FLEET: &str = r#"
+[fleet]
+endpoints = ["http://127.0.0.1:2379", "http://127.0.0.2:2379"]
+"#;
+
+/// One PCA certificate; `cert_keys` go in `[[certificates]]`, `pca_keys` in its pca table.
+fn with_fleet(fleet: &str, cert_keys: &str) -> String {
+    with_fleet_pca(fleet, cert_keys, "")
+}
+
+fn with_fleet_pca(fleet: &str, cert_keys: &str, pca_keys: &str) -> String {
+    format!(
+        r#"
+[agent]
+host_id = "web-1"
+{fleet}
+[cloud]
+region = "ap-southeast-1"
+
+[defaults.output]
+base_dir = "/etc/ccm-agent/live"
+
+[[certificates]]
+name = "www"
+{cert_keys}
+[certificates.pca]
+ca_id = "{CA}"
+validity = {{ type = "DAY", value = 90 }}
+sans = ["dns:www.example.com"]
+{pca_keys}
+"#
+    )
+}
+
+#[test]
+fn fleet_defaults_and_modes() {
+    if !crate::fleet::config::COMPILED_IN {
+        let e = fail(&with_fleet(FLEET, ""));
+        assert!(e.mentions("fleet"), "{e}");
+        assert!(e.to_string().contains("cargo feature `fleet`"), "{e}");
+        return;
+    }
+    let c = parse(&with_fleet(FLEET, "fleet = \"per-host\""));
+    let f = c.fleet.as_ref().expect("fleet");
+    assert_eq!(f.endpoints.len(), 2);
+    assert_eq!(f.prefix, "/ccm-agent");
+    assert_eq!(f.lease_ttl, Duration::from_secs(10));
+    assert_eq!(f.member_id, "web-1", "the host id by default");
+    assert!(f.emergency_local);
+    assert!(f.tls.is_none() && f.auth.is_none());
+    assert_eq!(c.certificates[0].fleet, crate::fleet::FleetMode::PerHost);
+    // Without a mode, a certificate stays local.
+    let c = parse(&with_fleet(FLEET, ""));
+    assert_eq!(c.certificates[0].fleet, crate::fleet::FleetMode::Local);
+
+    let full = r#"
+[fleet]
+endpoints = ["https://etcd-1:2379"]
+prefix = "/prod/ccm"
+lease_ttl = "30s"
+member_id = "web-1.example"
+tls_ca = "/etc/ccm-agent/etcd-ca.pem"
+tls_cert = "/etc/ccm-agent/etcd.pem"
+tls_key = "/etc/ccm-agent/etcd-key.pem"
+user = "ccm"
+password_file = "etcd-password"
+emergency_local = false
+"#;
+    let c = parse(&with_fleet_pca(
+        full,
+        "fleet = \"shared\"",
+        "mode = \"apply\"",
+    ));
+    assert_eq!(c.certificates[0].fleet, crate::fleet::FleetMode::Shared);
+    let f = c.fleet.expect("fleet");
+    assert_eq!(f.prefix, "/prod/ccm");
+    assert_eq!(f.lease_ttl, Duration::from_secs(30));
+    assert_eq!(f.member_id, "web-1.example");
+    let tls = f.tls.expect("tls");
+    assert_eq!(tls.ca, Some(PathBuf::from("/etc/ccm-agent/etcd-ca.pem")));
+    assert!(tls.identity.is_some());
+    let auth = f.auth.expect("auth");
+    assert_eq!(auth.user, "ccm");
+    assert_eq!(
+        auth.password,
+        SecretSource::Credential("etcd-password".into())
+    );
+    assert!(!f.emergency_local);
+}
+
+#[test]
+fn shared_csr_certificate_is_refused_naming_it_and_why() {
+    // The default PCA mode is CSR.
+    let e = fail(&with_fleet(FLEET, "fleet = \"shared\""));
+    assert!(e.mentions("certificates[0].fleet"), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("\"www\""), "{text}");
+    assert!(text.contains("never leaves"), "{text}");
+}
+
+#[test]
+fn fleet_modes_need_a_fleet_section() {
+    let e = fail(&with_fleet_pca(
+        "",
+        "fleet = \"shared\"",
+        "mode = \"apply\"",
+    ));
+    assert!(e.mentions("certificates[0].fleet"), "{e}");
+    assert!(e.to_string().contains("no [fleet] section"), "{e}");
+    let e = fail(&with_fleet("", "fleet = \"everywhere\""));
+    assert!(
+        e.to_string().contains("not one of local, shared, per-host"),
+        "{e}"
+    );
+}
+
+#[test]
+fn fleet_section_problems_name_their_keys() {
+    if !crate::fleet::config::COMPILED_IN {
+        return;
+    }
+    let cases: &[(&str, &str)] = &[
+        ("[fleet]\n", "fleet.endpoints"),
+        ("[fleet]\nendpoints = []\n", "fleet.endpoints"),
+        (
+            "[fleet]\nendpoints = [\"etcd:2379\"]\n",
+            "fleet.endpoints[0]",
+        ),
+        (
+            "[fleet]\nendpoints = [\"http://e:2379\"]\nprefix = \"ccm\"\n",
+            "fleet.prefix",
+        ),
+        (
+            "[fleet]\nendpoints = [\"http://e:2379\"]\nprefix = \"/ccm/\"\n",
+            "fleet.prefix",
+        ),
+        (
+            "[fleet]\nendpoints = [\"http://e:2379\"]\nlease_ttl = \"1s\"\n",
+            "fleet.lease_ttl",
+        ),
+        (
+            "[fleet]\nendpoints = [\"http://e:2379\"]\nmember_id = \"a b\"\n",
+            "fleet.member_id",
+        ),
+        (
+            "[fleet]\nendpoints = [\"http://e:2379\"]\npassword = \"hunter2\"\nuser = \"u\"\n",
+            "fleet.password",
+        ),
+        (
+            "[fleet]\nendpoints = [\"http://e:2379\"]\nuser = \"u\"\n",
+            "fleet.password_env",
+        ),
+        (
+            "[fleet]\nendpoints = [\"http://e:2379\"]\npassword_env = \"P\"\n",
+            "fleet.user",
+        ),
+        (
+            "[fleet]\nendpoints = [\"https://e:2379\"]\ntls_cert = \"/c.pem\"\n",
+            "fleet.tls_key",
+        ),
+        (
+            "[fleet]\nendpoints = [\"http://e:2379\"]\ntls_ca = \"/ca.pem\"\n",
+            "fleet.endpoints",
+        ),
+        (
+            "[fleet]\nendpoints = [\"https://e:2379\"]\ntls_ca = \"ca.pem\"\n",
+            "fleet.tls_ca",
+        ),
+    ];
+    for (fleet, key) in cases {
+        let e = fail(&with_fleet(fleet, ""));
+        assert!(e.mentions(key), "{fleet}: {e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+}
+
+#[test]
+fn fleet_password_resolves_like_other_secrets() {
+    if !crate::fleet::config::COMPILED_IN {
+        return;
+    }
+    let c = parse(&with_fleet(
+        "[fleet]\nendpoints = [\"http://e:2379\"]\nuser = \"ccm\"\npassword_env = \"ETCD_PW\"\n",
+        "",
+    ));
+    let auth = c.fleet.expect("fleet").auth.expect("auth");
+    let pw = auth
+        .password
+        .resolve(&env_of(&[("ETCD_PW", "s3cret")]))
+        .expect("resolves");
+    assert_eq!(pw.expose(), "s3cret");
+    let err = auth.password.resolve(&env_of(&[])).expect_err("unset");
+    assert!(err.contains("$ETCD_PW"), "{err}");
+}

@@ -1,0 +1,715 @@
+//! The etcd side of fleet mode: one connection, this member's lease (granted, kept alive,
+//! granted again after it was lost), its registration on that lease, a watch-fed cache of the
+//! certificates' published state and locks, and the fenced writes.
+//!
+//! # Fencing
+//! A certificate's lock is the key `{prefix}/locks/{name}`, created in a transaction only when
+//! it does not exist (`create_revision == 0`), holding the member id and attached to the
+//! member's lease. Every write of shared state, and the mark written before every billed cloud
+//! call, is a transaction whose compare checks that the lock's value is this member's id AND
+//! that its lease is this member's current lease. A member paused past its lease (SIGSTOP, a
+//! stall, a partition) lost the key when the lease expired; whether or not another member took
+//! it since, the compare fails and the write is refused ([`FleetError::Fenced`]).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::config::FleetSettings;
+use super::keys::{Generation, Issuing, Keys, Member, MemberStatus, UnitProgress};
+use crate::cloud::Secret;
+
+/// What went wrong with a fleet operation.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// No session: etcd is unreachable, or this member's lease is being granted again.
+    #[error("the fleet coordinator (etcd) is unavailable: {0}")]
+    Unavailable(String),
+    /// The fenced transaction was refused: this member does not hold the lock (any more).
+    #[error(
+        "refused by the fence: {what} for certificate {name}: this member no longer holds its lock (its lease expired or another member took it)"
+    )]
+    Fenced { name: String, what: String },
+    #[error("etcd: {0}")]
+    Etcd(String),
+    #[error("fleet state {key}: {detail}")]
+    Format { key: String, detail: String },
+}
+
+impl From<etcd_client::Error> for FleetError {
+    fn from(e: etcd_client::Error) -> Self {
+        FleetError::Etcd(e.to_string())
+    }
+}
+
+/// A cached key: its value and the lease it is attached to (0: none).
+#[derive(Clone, Debug)]
+struct Kv {
+    value: Vec<u8>,
+    lease: i64,
+}
+
+/// One member's connection to the fleet. Share it (`Arc`); [`Coordinator::start`] spawns the
+/// session (lease, keep-alive, registration) and the watch, which run until
+/// [`Coordinator::stop`].
+pub struct Coordinator {
+    settings: FleetSettings,
+    keys: Keys,
+    password: Option<Secret>,
+    member: Member,
+    client: tokio::sync::Mutex<Option<Client>>,
+    lease: AtomicI64,
+    up: AtomicBool,
+    synced: AtomicBool,
+    cache: Mutex<BTreeMap<String, Kv>>,
+    changed: Arc<tokio::sync::Notify>,
+    requests: AtomicU64,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("member", &self.member.member_id)
+            .field("prefix", &self.keys.prefix())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The options of an etcd connection from the settings (TLS files are read here).
+pub fn connect_options(
+    settings: &FleetSettings,
+    password: Option<&Secret>,
+) -> Result<ConnectOptions, FleetError> {
+    let mut opts = ConnectOptions::new()
+        .with_timeout(settings.timeout)
+        .with_connect_timeout(settings.timeout)
+        .with_keep_alive(settings.lease_ttl / 2, settings.timeout);
+    if let (Some(auth), Some(pw)) = (&settings.auth, password) {
+        opts = opts.with_user(auth.user.clone(), pw.expose().to_owned());
+    }
+    if let Some(tls) = &settings.tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| FleetError::Etcd(format!("fleet TLS {}: {e}", p.display())))
+        };
+        let mut t = etcd_client::TlsOptions::new();
+        if let Some(ca) = &tls.ca {
+            t = t.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        }
+        if let Some((cert, key)) = &tls.identity {
+            t = t.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        opts = opts.with_tls(t);
+    }
+    Ok(opts)
+}
+
+/// Connects (the client connects lazily; requests fail while etcd is unreachable).
+pub async fn connect(
+    settings: &FleetSettings,
+    password: Option<&Secret>,
+) -> Result<Client, FleetError> {
+    let opts = connect_options(settings, password)?;
+    tokio::time::timeout(
+        settings.timeout + Duration::from_secs(1),
+        Client::connect(&settings.endpoints, Some(opts)),
+    )
+    .await
+    .map_err(|_| FleetError::Unavailable("connecting timed out".into()))?
+    .map_err(|e| FleetError::Unavailable(e.to_string()))
+}
+
+fn json<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, FleetError> {
+    serde_json::from_slice(bytes).map_err(|e| FleetError::Format {
+        key: key.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Coordinator {
+    /// Starts the session and the watch in the background and returns at once: an unreachable
+    /// etcd is not an error here (the member works without the fleet, see [`Self::is_up`]).
+    pub fn start(settings: FleetSettings, member: Member, password: Option<Secret>) -> Arc<Self> {
+        let c = Arc::new(Coordinator {
+            keys: Keys::new(&settings.prefix),
+            settings,
+            password,
+            member,
+            client: tokio::sync::Mutex::new(None),
+            lease: AtomicI64::new(0),
+            up: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
+            cache: Mutex::new(BTreeMap::new()),
+            changed: Arc::new(tokio::sync::Notify::new()),
+            requests: AtomicU64::new(0),
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(c.clone().session());
+        tokio::spawn(c.clone().watch());
+        c
+    }
+
+    /// Stops the background tasks and revokes the lease (its locks and registration go at
+    /// once instead of after the TTL).
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        let lease = self.lease.swap(0, Ordering::SeqCst);
+        if lease != 0
+            && let Some(mut client) = self.client.lock().await.clone()
+        {
+            let _ = tokio::time::timeout(self.settings.timeout, client.lease_revoke(lease)).await;
+        }
+        self.up.store(false, Ordering::SeqCst);
+    }
+
+    pub fn member_id(&self) -> &str {
+        &self.member.member_id
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn settings(&self) -> &FleetSettings {
+        &self.settings
+    }
+
+    /// This member's current lease (0: none).
+    pub fn lease_id(&self) -> i64 {
+        self.lease.load(Ordering::SeqCst)
+    }
+
+    /// Whether this member has a live lease and an up-to-date view of the fleet.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst) && self.synced.load(Ordering::SeqCst)
+    }
+
+    /// Notified when the fleet's state changes (a new generation, a lock released or lost,
+    /// deploy progress) or the session comes up or goes down.
+    pub fn changed(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
+    }
+
+    /// etcd requests sent so far (unary calls, keep-alives, watch creations).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn client(&self) -> Result<Client, FleetError> {
+        let mut guard = self.client.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = connect(&self.settings, self.password.as_ref()).await?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    // ---- the session ----
+
+    async fn session(self: Arc<Self>) {
+        let mut failures: u32 = 0;
+        while !self.stop.is_cancelled() {
+            match self.establish().await {
+                Ok(lease) => {
+                    failures = 0;
+                    tracing::info!(member = %self.member.member_id, lease, "joined the fleet");
+                    self.up.store(true, Ordering::SeqCst);
+                    self.changed.notify_waiters();
+                    let why = self.keep_alive(lease).await;
+                    if self.stop.is_cancelled() {
+                        break;
+                    }
+                    tracing::warn!(member = %self.member.member_id, reason = %why, "lost the fleet session; joining again");
+                }
+                Err(e) => {
+                    if failures == 0 {
+                        tracing::warn!(member = %self.member.member_id, error = %e, "cannot join the fleet (etcd); working alone until it can");
+                    }
+                    failures = failures.saturating_add(1);
+                }
+            }
+            self.up.store(false, Ordering::SeqCst);
+            self.lease.store(0, Ordering::SeqCst);
+            self.changed.notify_waiters();
+            let delay = Duration::from_millis(500 * u64::from(failures.clamp(1, 4)));
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Grants a lease and registers on it. A registration held by another live lease (another
+    /// process with the same member id) is an error: two members with one id would share locks.
+    async fn establish(&self) -> Result<i64, FleetError> {
+        let mut client = self.client().await?;
+        let ttl = i64::try_from(self.settings.lease_ttl.as_secs().max(1)).unwrap_or(10);
+        self.count();
+        let lease = client.lease_grant(ttl, None).await?.id();
+        let key = self.keys.member(&self.member.member_id);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                to_json(&self.member),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        self.count();
+        let resp = client.txn(txn).await?;
+        if !resp.succeeded() {
+            let holder = resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.lease()),
+                _ => None,
+            });
+            self.count();
+            let _ = client.lease_revoke(lease).await;
+            return Err(FleetError::Etcd(format!(
+                "member id {:?} is registered by another live process (lease {}); it expires within {}s if that process is gone",
+                self.member.member_id,
+                holder.unwrap_or_default(),
+                ttl
+            )));
+        }
+        self.lease.store(lease, Ordering::SeqCst);
+        Ok(lease)
+    }
+
+    /// Keeps `lease` alive every third of its TTL; returns why it stopped.
+    async fn keep_alive(&self, lease: i64) -> String {
+        let Ok(mut client) = self.client().await else {
+            return "no client".into();
+        };
+        self.count();
+        let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
+            Ok(k) => k,
+            Err(e) => return e.to_string(),
+        };
+        let every = (self.settings.lease_ttl / 3).max(Duration::from_millis(300));
+        loop {
+            self.count();
+            if let Err(e) = keeper.keep_alive().await {
+                return e.to_string();
+            }
+            match tokio::time::timeout(self.settings.timeout, stream.message()).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                Ok(Ok(Some(_))) => return "the lease expired".into(),
+                Ok(Ok(None)) => return "the keep-alive stream ended".into(),
+                Ok(Err(e)) => return e.to_string(),
+                Err(_) => return "no keep-alive answer in time".into(),
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return "stopping".into(),
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    // ---- the watch ----
+
+    async fn watch(self: Arc<Self>) {
+        while !self.stop.is_cancelled() {
+            if let Err(e) = self.watch_once().await {
+                tracing::debug!(error = %e, "fleet watch interrupted; syncing again");
+            }
+            self.synced.store(false, Ordering::SeqCst);
+            self.changed.notify_waiters();
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// One snapshot of `certs/` and `locks/` (one transaction, so one revision), then a watch
+    /// of both from the next revision, until the stream fails.
+    async fn watch_once(&self) -> Result<(), FleetError> {
+        let mut client = self.client().await?;
+        let (certs, locks) = (self.keys.certs(), self.keys.locks());
+        let txn = Txn::new().and_then([
+            TxnOp::get(certs.clone(), Some(GetOptions::new().with_prefix())),
+            TxnOp::get(locks.clone(), Some(GetOptions::new().with_prefix())),
+        ]);
+        self.count();
+        let resp = client.txn(txn).await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut snapshot = BTreeMap::new();
+        for r in resp.op_responses() {
+            if let TxnOpResponse::Get(g) = r {
+                for kv in g.kvs() {
+                    snapshot.insert(
+                        String::from_utf8_lossy(kv.key()).into_owned(),
+                        Kv {
+                            value: kv.value().to_vec(),
+                            lease: kv.lease(),
+                        },
+                    );
+                }
+            }
+        }
+        self.count();
+        let mut stream = client
+            .watch(
+                certs,
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await?;
+        self.count();
+        stream
+            .watch(
+                locks,
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await?;
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        self.synced.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        loop {
+            let msg = tokio::select! {
+                _ = self.stop.cancelled() => return Ok(()),
+                m = stream.message() => m?,
+            };
+            let Some(resp) = msg else {
+                return Err(FleetError::Unavailable("the watch stream ended".into()));
+            };
+            if resp.canceled() {
+                return Err(FleetError::Unavailable(format!(
+                    "the watch was cancelled: {}",
+                    resp.cancel_reason()
+                )));
+            }
+            if resp.events().is_empty() {
+                continue;
+            }
+            {
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    match ev.event_type() {
+                        EventType::Put => {
+                            cache.insert(
+                                key,
+                                Kv {
+                                    value: kv.value().to_vec(),
+                                    lease: kv.lease(),
+                                },
+                            );
+                        }
+                        EventType::Delete => {
+                            cache.remove(&key);
+                        }
+                    }
+                }
+            }
+            self.changed.notify_waiters();
+        }
+    }
+
+    // ---- reading the cache ----
+
+    fn cached(&self, key: &str) -> Option<Kv> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// The published generation of `name`, as the watch last delivered it.
+    pub fn generation(&self, name: &str) -> Option<Generation> {
+        let key = self.keys.generation(name);
+        let kv = self.cached(&key)?;
+        match json(&key, &kv.value) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring an unreadable generation");
+                None
+            }
+        }
+    }
+
+    /// Who holds the lock of `name`: (member id, lease).
+    pub fn lock_holder(&self, name: &str) -> Option<(String, i64)> {
+        self.cached(&self.keys.lock(name))
+            .map(|kv| (String::from_utf8_lossy(&kv.value).into_owned(), kv.lease))
+    }
+
+    /// Whether this member holds the lock of `name` (as far as the watch knows).
+    pub fn holds(&self, name: &str) -> bool {
+        let lease = self.lease_id();
+        lease != 0
+            && self
+                .lock_holder(name)
+                .is_some_and(|(m, l)| m == self.member.member_id && l == lease)
+    }
+
+    /// The deploy progress of `generation` of `name`: unit key → progress.
+    pub fn units(&self, name: &str, generation: u64) -> BTreeMap<String, UnitProgress> {
+        let prefix = self.keys.deploys(name, generation);
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter_map(|(k, kv)| {
+                let unit = k[prefix.len()..].to_owned();
+                json::<UnitProgress>(k, &kv.value).ok().map(|p| (unit, p))
+            })
+            .collect()
+    }
+
+    /// The holder's issuing mark of `name`.
+    pub fn issuing(&self, name: &str) -> Option<Issuing> {
+        let key = self.keys.issuing(name);
+        self.cached(&key).and_then(|kv| json(&key, &kv.value).ok())
+    }
+
+    // ---- writes ----
+
+    fn session_lease(&self) -> Result<i64, FleetError> {
+        match self.lease_id() {
+            0 => Err(FleetError::Unavailable("no lease".into())),
+            l => Ok(l),
+        }
+    }
+
+    /// Takes the lock of `name` if nobody holds it; `Ok(true)` when this member holds it now.
+    pub async fn try_lock(&self, name: &str) -> Result<bool, FleetError> {
+        let lease = self.session_lease()?;
+        let key = self.keys.lock(name);
+        let me = self.member.member_id.clone();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                me.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        self.count();
+        let resp = self.client().await?.txn(txn).await?;
+        let held = resp.succeeded()
+            || resp.op_responses().into_iter().any(|r| match r {
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .is_some_and(|kv| kv.value() == me.as_bytes() && kv.lease() == lease),
+                _ => false,
+            });
+        if held {
+            // The watch delivers it too; set it now so that `holds` is right at once.
+            self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                key,
+                Kv {
+                    value: me.into_bytes(),
+                    lease,
+                },
+            );
+        }
+        Ok(held)
+    }
+
+    /// Runs `ops` only if this member holds the lock of `name` with its current lease.
+    pub async fn fenced(&self, name: &str, what: &str, ops: Vec<TxnOp>) -> Result<(), FleetError> {
+        let lease = self.session_lease().map_err(|_| FleetError::Fenced {
+            name: name.to_owned(),
+            what: what.to_owned(),
+        })?;
+        let key = self.keys.lock(name);
+        let txn = Txn::new()
+            .when([
+                Compare::value(key.clone(), CompareOp::Equal, self.member.member_id.clone()),
+                Compare::lease(key, CompareOp::Equal, lease),
+            ])
+            .and_then(ops);
+        self.count();
+        let resp = self.client().await?.txn(txn).await?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            tracing::warn!(certificate = %name, %what, member = %self.member.member_id, "fenced write refused: this member does not hold the lock");
+            Err(FleetError::Fenced {
+                name: name.to_owned(),
+                what: what.to_owned(),
+            })
+        }
+    }
+
+    /// Releases the lock of `name` (fenced: only the holder deletes it).
+    pub async fn unlock(&self, name: &str) -> Result<(), FleetError> {
+        let key = self.keys.lock(name);
+        self.fenced(name, "release the lock", vec![TxnOp::delete(key, None)])
+            .await
+    }
+
+    /// Publishes a generation (fenced).
+    pub async fn publish(&self, name: &str, g: &Generation) -> Result<(), FleetError> {
+        let ops = vec![
+            TxnOp::put(self.keys.generation(name), to_json(g), None),
+            TxnOp::delete(self.keys.issuing(name), None),
+        ];
+        self.fenced(name, &format!("publish generation {}", g.generation), ops)
+            .await?;
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            self.keys.generation(name),
+            Kv {
+                value: to_json(g),
+                lease: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Marks, fenced, that this member is about to issue or export a replacement of generation
+    /// `replaces`: the fence before the billed call.
+    pub async fn mark_issuing(&self, name: &str, replaces: u64) -> Result<(), FleetError> {
+        let mark = Issuing {
+            member: self.member.member_id.clone(),
+            replaces,
+            at: crate::agent::renew::rfc3339(time::OffsetDateTime::now_utc()),
+        };
+        self.fenced(
+            name,
+            "mark an issuance",
+            vec![TxnOp::put(self.keys.issuing(name), to_json(&mark), None)],
+        )
+        .await
+    }
+
+    /// Records one deploy unit's progress (fenced).
+    pub async fn set_unit(
+        &self,
+        name: &str,
+        generation: u64,
+        unit: &str,
+        progress: &UnitProgress,
+    ) -> Result<(), FleetError> {
+        self.set_units(name, generation, &[(unit.to_owned(), progress.clone())])
+            .await
+    }
+
+    /// Records several deploy units' progress in one fenced transaction.
+    pub async fn set_units(
+        &self,
+        name: &str,
+        generation: u64,
+        units: &[(String, UnitProgress)],
+    ) -> Result<(), FleetError> {
+        if units.is_empty() {
+            return Ok(());
+        }
+        let ops: Vec<TxnOp> = units
+            .iter()
+            .map(|(u, p)| TxnOp::put(self.keys.unit(name, generation, u), to_json(p), None))
+            .collect();
+        let what = format!(
+            "mark {} deploy unit(s) {}",
+            units.len(),
+            units.first().map(|(_, p)| p.state.as_str()).unwrap_or("")
+        );
+        self.fenced(name, &what, ops).await?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        for (u, p) in units {
+            cache.insert(
+                self.keys.unit(name, generation, u),
+                Kv {
+                    value: to_json(p),
+                    lease: 0,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes what this member has installed of a certificate (not fenced: it is this
+    /// member's own key; written when it changes).
+    pub async fn put_status(&self, status: &MemberStatus) -> Result<(), FleetError> {
+        let key = self.keys.status(&status.member, &status.name);
+        self.count();
+        self.client().await?.put(key, to_json(status), None).await?;
+        Ok(())
+    }
+}
+
+/// Everything `ccm-agent fleet status` shows, read once.
+#[derive(Clone, Debug, Default)]
+pub struct FleetSnapshot {
+    pub members: Vec<Member>,
+    pub generations: BTreeMap<String, Generation>,
+    /// Certificate → (holder, lease).
+    pub locks: BTreeMap<String, String>,
+    pub statuses: Vec<MemberStatus>,
+    /// Certificate → generation → unit → progress.
+    pub units: BTreeMap<String, BTreeMap<u64, BTreeMap<String, UnitProgress>>>,
+}
+
+/// Reads the fleet's state in one transaction.
+pub async fn snapshot(
+    settings: &FleetSettings,
+    password: Option<&Secret>,
+) -> Result<FleetSnapshot, FleetError> {
+    let keys = Keys::new(&settings.prefix);
+    let mut client = connect(settings, password).await?;
+    let prefix = format!("{}/", keys.prefix());
+    let resp = client
+        .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    let mut s = FleetSnapshot::default();
+    for kv in resp.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let rest = &key[prefix.len()..];
+        let parts: Vec<&str> = rest.splitn(5, '/').collect();
+        match parts.as_slice() {
+            ["members", _] => s.members.push(json(&key, kv.value())?),
+            ["locks", name] => {
+                s.locks.insert(
+                    (*name).to_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                );
+            }
+            ["certs", name, "generation"] => {
+                s.generations
+                    .insert((*name).to_owned(), json(&key, kv.value())?);
+            }
+            ["certs", name, "deploy", generation, unit] => {
+                if let Ok(g) = generation.parse::<u64>() {
+                    s.units
+                        .entry((*name).to_owned())
+                        .or_default()
+                        .entry(g)
+                        .or_default()
+                        .insert((*unit).to_owned(), json(&key, kv.value())?);
+                }
+            }
+            ["status", _, _] => s.statuses.push(json(&key, kv.value())?),
+            _ => {}
+        }
+    }
+    Ok(s)
+}

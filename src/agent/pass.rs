@@ -203,7 +203,11 @@ impl Agent {
         if !scm.is_empty()
             && let Err(e) = self
                 .renewer
-                .scm_candidates(&scm, config.agent.concurrency)
+                .scm_candidates(
+                    &scm,
+                    config.agent.concurrency,
+                    config.agent.full_check_every,
+                )
                 .await
         {
             tracing::warn!(error = %e, "SCM listing for this pass failed; checking one by one");

@@ -36,6 +36,8 @@ pub const MAX_CONCURRENCY: usize = 64;
 pub const DEFAULT_CLOUD_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(3600);
+/// How often a pass lists SCM in full instead of reading only what changed.
+pub const DEFAULT_FULL_CHECK_EVERY: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MODE: u32 = 0o644;
 pub const DEFAULT_KEY_MODE: u32 = 0o600;
@@ -228,6 +230,8 @@ pub struct AgentSettings {
     /// Backoff after a failed renewal: first delay cap and largest delay.
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// How often a pass lists SCM in full; between, one page of recent changes is read.
+    pub full_check_every: Duration,
 }
 
 impl AgentSettings {
@@ -904,6 +908,15 @@ fn check_agent(c: &mut Checker, a: &raw::RawAgent) -> Option<AgentSettings> {
             ),
         );
     }
+    let full_check_every = c
+        .duration("agent.full_check_every", a.full_check_every.as_ref())
+        .unwrap_or(DEFAULT_FULL_CHECK_EVERY);
+    if full_check_every.is_zero() {
+        c.err(
+            "agent.full_check_every",
+            "must be longer than 0 (\"1h\" lists SCM in full every hour)",
+        );
+    }
     Some(AgentSettings {
         state_dir: state_dir?,
         schedule: schedule?,
@@ -914,6 +927,7 @@ fn check_agent(c: &mut Checker, a: &raw::RawAgent) -> Option<AgentSettings> {
         host_id: a.host_id.clone(),
         retry_initial,
         retry_max,
+        full_check_every,
     })
 }
 

@@ -52,6 +52,7 @@ pub struct RawAgent {
     pub host_id: Option<String>,
     pub retry_initial: Option<String>,
     pub retry_max: Option<String>,
+    pub full_check_every: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -306,6 +306,8 @@ pub struct Renewer {
     host_id: String,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     scm_snapshot: Mutex<Option<scm::Snapshot>>,
+    /// What the SCM listings have shown so far, kept from pass to pass (see [`scm`]).
+    scm_index: Mutex<Option<scm::ScmIndex>>,
     pca_revoked: Mutex<Option<pca::RevokedSnapshot>>,
 }
 
@@ -332,6 +334,7 @@ impl Renewer {
             host_id,
             slots: Mutex::new(HashMap::new()),
             scm_snapshot: Mutex::new(None),
+            scm_index: Mutex::new(None),
             pca_revoked: Mutex::new(None),
         }
     }
@@ -367,6 +370,7 @@ impl Renewer {
             host_id,
             slots: Mutex::new(HashMap::new()),
             scm_snapshot: Mutex::new(None),
+            scm_index: Mutex::new(None),
             pca_revoked: Mutex::new(None),
         })
     }

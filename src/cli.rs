@@ -35,6 +35,16 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run the local CCM emulator (SCM v3, PCA v1, IAM tokens) until interrupted.
     Emulator(EmulatorArgs),
+    /// Fleet mode (etcd): what the fleet's members hold.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Members × certificates: generation, whether the fingerprint matches the fleet's, last
+    /// result, last seen. Exits 1 when a live member lags or a deploy unit needs a human.
+    Status(StatusArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -112,7 +112,57 @@ fn main() -> ExitCode {
             init_tracing(cli.log_format.as_deref(), None);
             block_on(run_emulator(args))
         }
+        Command::Fleet(cli::FleetCommand::Status(args)) => fleet_status(args),
     }
+}
+
+/// `ccm-agent fleet status`: one read of the fleet's keys, as a table or JSON.
+#[cfg(feature = "fleet")]
+fn fleet_status(args: StatusArgs) -> ExitCode {
+    let Some(config) = load_config(&args.config.config) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let Some(settings) = config.fleet.clone() else {
+        logging::print_error(format_args!(
+            "{}: no [fleet] section: this host is not in a fleet",
+            config.source_name
+        ));
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let password = match &settings.auth {
+        Some(a) => match a.password.resolve(&|k| std::env::var(k).ok()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                logging::print_error(format_args!("fleet.password ({}): {e}", a.password));
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => None,
+    };
+    block_on(async move {
+        let snapshot = ccm_agent::fleet::coordinator::snapshot(&settings, password.as_ref())
+            .await
+            .context("reading the fleet from etcd")?;
+        let report = ccm_agent::fleet::status::Report::from_snapshot(&snapshot);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.to_text());
+        }
+        Ok(if report.unhealthy() {
+            ExitCode::from(EXIT_FAILURE)
+        } else {
+            ExitCode::SUCCESS
+        })
+    })
+}
+
+#[cfg(not(feature = "fleet"))]
+fn fleet_status(_args: StatusArgs) -> ExitCode {
+    logging::print_error(
+        "this ccm-agent was built without fleet support (the cargo feature `fleet`)",
+    );
+    ExitCode::from(EXIT_CONFIG)
 }
 
 fn block_on(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {

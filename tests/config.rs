@@ -95,6 +95,7 @@ fn full_example_documents_every_key() {
     let tables = [
         "",
         "[agent]",
+        "[fleet]",
         "[metrics]",
         "[cloud]",
         "[cloud.auth]",

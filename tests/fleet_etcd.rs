@@ -270,3 +270,746 @@ async fn the_session_survives_an_etcd_outage() {
     assert!(a.try_lock("www").await.expect("lock after the outage"));
     a.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Real `ccm-agent run` processes sharing one certificate through one etcd, against the emulator.
+// ---------------------------------------------------------------------------------------------
+
+mod procs {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use ccm_agent::emulator::scm::Deployment;
+    use ccm_agent::emulator::{Emulator, EmulatorConfig};
+    use ccm_agent::fleet::config::FleetSettings;
+    use ccm_agent::fleet::coordinator::{FleetSnapshot, snapshot};
+
+    use super::etcd_fixture::Etcd;
+
+    pub const PREFIX: &str = "/fleet-test";
+
+    pub async fn emulator_with_ca() -> (Emulator, String) {
+        ccm_agent::cloud::install_crypto_provider();
+        let emu = Emulator::start(EmulatorConfig::default())
+            .await
+            .expect("emulator");
+        let shared = emu.shared().clone();
+        let (_, sub) = tokio::task::spawn_blocking(move || {
+            ccm_agent::emulator::pca::ca::create_active_ca_pair(
+                &shared,
+                "fleet test root",
+                "fleet test issuing CA",
+            )
+        })
+        .await
+        .expect("join")
+        .expect("CA pair");
+        (emu, sub)
+    }
+
+    /// How the shared certificate is set up.
+    pub struct Setup<'a> {
+        pub emu: &'a Emulator,
+        pub etcd: &'a Etcd,
+        pub ca_id: &'a str,
+        /// e.g. `{ type = "DAY", value = 30 }`
+        pub validity: &'a str,
+        /// Extra keys of the certificate (renew_before, emergency_before).
+        pub renew: &'a str,
+        pub lease_ttl: &'a str,
+    }
+
+    pub fn config_text(s: &Setup<'_>, dir: &Path, member: &str, metrics_port: u16) -> String {
+        let aksk = s.emu.aksk();
+        format!(
+            r#"
+[agent]
+state_dir = "{dir}/state"
+schedule = "0 0 * * * *"
+host_id = "{member}"
+retry_initial = "1s"
+retry_max = "2s"
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[cloud]
+endpoint = "{endpoint}"
+timeout = "20s"
+
+[cloud.auth]
+access_key = "{ak}"
+secret_key_env = "CCM_TEST_SK"
+domain_id = "{domain}"
+
+[fleet]
+endpoints = ["{etcd}"]
+prefix = "{PREFIX}"
+lease_ttl = "{ttl}"
+timeout = "2s"
+
+[[certificates]]
+name = "www"
+fleet = "shared"
+{renew}
+[certificates.output]
+dir = "{dir}/live/www"
+[certificates.pca]
+ca_id = "{ca_id}"
+mode = "apply"
+subject = {{ common_name = "www.fleet.test" }}
+sans = ["dns:www.fleet.test"]
+validity = {validity}
+[certificates.deploy]
+scm_name = "fleet-www"
+retry_initial = "10ms"
+retry_max = "20ms"
+[[certificates.deploy.targets]]
+action = "deploy"
+service = "ELB"
+resources = [{{ id = "lb0001" }}, {{ id = "lb0002" }}]
+[[certificates.deploy.targets]]
+action = "batch-push"
+service = "WAF"
+regions = ["ap-southeast-1", "cn-north-4"]
+"#,
+            dir = dir.display(),
+            endpoint = s.emu.base_url(),
+            ak = aksk.access_key,
+            domain = aksk.domain_id.unwrap_or_default(),
+            etcd = s.etcd.url(),
+            ttl = s.lease_ttl,
+            ca_id = s.ca_id,
+            validity = s.validity,
+            renew = s.renew,
+        )
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    }
+
+    /// One `ccm-agent run` process.
+    pub struct Member {
+        pub id: String,
+        pub dir: PathBuf,
+        child: Option<Child>,
+        pub config: PathBuf,
+        pub metrics_port: u16,
+        sk: String,
+    }
+
+    impl Member {
+        pub fn spawn(s: &Setup<'_>, root: &Path, id: &str) -> Member {
+            let dir = root.join(id);
+            std::fs::create_dir_all(&dir).expect("member dir");
+            let config = dir.join("ccm-agent.toml");
+            let metrics_port = free_port();
+            std::fs::write(&config, config_text(s, &dir, id, metrics_port)).expect("config");
+            let mut m = Member {
+                id: id.to_owned(),
+                dir,
+                child: None,
+                config,
+                metrics_port,
+                sk: s.emu.aksk().secret_key.expose().to_owned(),
+            };
+            m.start();
+            m
+        }
+
+        pub fn start(&mut self) {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("agent.log"))
+                .expect("log");
+            let child = Command::new(env!("CARGO_BIN_EXE_ccm-agent"))
+                .args(["run", "--config"])
+                .arg(&self.config)
+                .env("CCM_TEST_SK", &self.sk)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn ccm-agent");
+            self.child = Some(child);
+        }
+
+        pub fn pid(&self) -> u32 {
+            self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        }
+
+        pub fn signal(&self, sig: &str) {
+            let _ = Command::new("kill")
+                .args([&format!("-{sig}"), &self.pid().to_string()])
+                .status();
+        }
+
+        pub fn kill(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+
+        pub fn fingerprint(&self) -> Option<String> {
+            let pem = std::fs::read_to_string(self.dir.join("live/www/cert.pem")).ok()?;
+            ccm_agent::pki::parse_cert(&pem)
+                .ok()
+                .map(|c| c.sha256_fingerprint_hex.to_ascii_uppercase())
+        }
+
+        pub async fn metrics(&self) -> String {
+            reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+                .await
+                .expect("scrape")
+                .text()
+                .await
+                .expect("body")
+        }
+
+        /// `ccm-agent fleet status` with this member's configuration: (exit code, stdout).
+        pub fn fleet_status(&self) -> (i32, String) {
+            let out = Command::new(env!("CARGO_BIN_EXE_ccm-agent"))
+                .args(["fleet", "status", "--config"])
+                .arg(&self.config)
+                .output()
+                .expect("fleet status");
+            (
+                out.status.code().unwrap_or(-1),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        }
+
+        pub fn log(&self) -> String {
+            std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+        }
+    }
+
+    impl Drop for Member {
+        fn drop(&mut self) {
+            self.signal("CONT");
+            self.kill();
+        }
+    }
+
+    pub fn logs(members: &[Member]) -> String {
+        members
+            .iter()
+            .map(|m| {
+                let log = m.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                format!(
+                    "==== {} ====\n{}",
+                    m.id,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn settings(etcd: &Etcd) -> FleetSettings {
+        FleetSettings {
+            endpoints: vec![etcd.url()],
+            prefix: PREFIX.into(),
+            lease_ttl: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            member_id: "observer".into(),
+            tls: None,
+            auth: None,
+            emergency_local: true,
+        }
+    }
+
+    pub async fn fleet(etcd: &Etcd) -> FleetSnapshot {
+        snapshot(&settings(etcd), None)
+            .await
+            .expect("fleet snapshot")
+    }
+
+    pub fn deployments(emu: &Emulator) -> Vec<Deployment> {
+        emu.shared().with_state(|st| st.scm.deployments().to_vec())
+    }
+
+    /// Deploy attempts that reached the emulator, per (operation, target).
+    pub fn calls_per_target(emu: &Emulator) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for d in deployments(emu) {
+            let target = d
+                .resource_id
+                .clone()
+                .or(d.project.clone())
+                .unwrap_or_default();
+            *m.entry(format!("{}/{}/{target}", d.operation, d.service))
+                .or_insert(0) += 1;
+        }
+        m
+    }
+
+    pub async fn wait_until<F, Fut>(what: &str, limit: Duration, members: &[Member], f: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let start = Instant::now();
+        while !f().await {
+            assert!(
+                start.elapsed() < limit,
+                "timed out waiting for {what}\n{}",
+                logs(members)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every member has the published generation installed; returns its fingerprint.
+    pub async fn converged(etcd: &Etcd, members: &[Member]) -> Option<String> {
+        let s = fleet(etcd).await;
+        let g = s.generations.get("www")?;
+        members
+            .iter()
+            .all(|m| m.fingerprint().as_deref() == Some(g.fingerprint_sha256.as_str()))
+            .then(|| g.fingerprint_sha256.clone())
+    }
+
+    /// Every unit of the generation is done.
+    pub async fn deployed(etcd: &Etcd, generation: u64) -> bool {
+        let s = fleet(etcd).await;
+        s.units
+            .get("www")
+            .and_then(|g| g.get(&generation))
+            .is_some_and(|u| {
+                u.len() == 4
+                    && u.values()
+                        .all(|p| p.state == ccm_agent::fleet::keys::UnitState::Done)
+            })
+    }
+}
+
+use procs::{
+    Member as Proc, Setup, calls_per_target, converged, deployed, emulator_with_ca, fleet, logs,
+    wait_until,
+};
+
+const DAY30: &str = r#"{ type = "DAY", value = 30 }"#;
+
+/// Five agents share one apply-mode certificate with ELB and WAF targets: one PCA issuance,
+/// one SCM import, one call per target; all five install the same certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_agents_one_issuance_one_call_per_target() {
+    let Some(etcd) = Etcd::start() else { return };
+    let (emu, ca_id) = emulator_with_ca().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let setup = Setup {
+        emu: &emu,
+        etcd: &etcd,
+        ca_id: &ca_id,
+        validity: DAY30,
+        renew: "",
+        lease_ttl: "3s",
+    };
+    emu.shared().clear_requests();
+    let members: Vec<Proc> = (1..=5)
+        .map(|i| Proc::spawn(&setup, root.path(), &format!("member-{i}")))
+        .collect();
+    wait_until(
+        "all five to converge",
+        Duration::from_secs(90),
+        &members,
+        || async { converged(&etcd, &members).await.is_some() },
+    )
+    .await;
+    wait_until(
+        "every target deployed",
+        Duration::from_secs(60),
+        &members,
+        || async { deployed(&etcd, 1).await },
+    )
+    .await;
+    // Let any straggler act on the final state.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let fp = converged(&etcd, &members).await.expect("still converged");
+    let s = fleet(&etcd).await;
+    let g = &s.generations["www"];
+    assert_eq!(g.generation, 1);
+    assert_eq!(g.fingerprint_sha256, fp);
+    assert_eq!(
+        emu.shared().count_requests("pca.create_certificate"),
+        1,
+        "exactly one PCA issuance\n{}",
+        logs(&members)
+    );
+    assert_eq!(emu.shared().count_requests("scm.import_certificate"), 1);
+    assert_eq!(emu.shared().count_requests("scm.deploy_certificate"), 1);
+    assert_eq!(emu.shared().count_requests("scm.batch_push_certificate"), 1);
+    let calls = calls_per_target(&emu);
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert!(calls.values().all(|n| *n == 1), "{calls:?}");
+    // Every member registered and reported the generation it has.
+    assert_eq!(s.members.len(), 5);
+    let statuses: Vec<_> = s.statuses.iter().filter(|st| st.name == "www").collect();
+    assert_eq!(statuses.len(), 5, "{statuses:?}");
+    assert!(statuses.iter().all(|st| st.generation == 1), "{statuses:?}");
+
+    // What an operator sees: every member on generation 1, matching; exit 0.
+    let (code, out) = members[0].fleet_status();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("certificate www: generation 1"), "{out}");
+    for m in &members {
+        let row = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&m.id))
+            .unwrap_or_else(|| panic!("no row for {}: {out}", m.id));
+        assert!(row.contains(" yes "), "{row}");
+    }
+    // The metrics of a member.
+    let metrics = members[0].metrics().await;
+    for line in [
+        "ccm_agent_fleet_coordinator_up 1",
+        "ccm_agent_fleet_members 5",
+        "ccm_agent_fleet_generation{name=\"www\"} 1",
+        "ccm_agent_fleet_installed_generation{name=\"www\"} 1",
+        "ccm_agent_fleet_member_lag{name=\"www\"} 0",
+        "ccm_agent_fleet_deploy_needs_human{name=\"www\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    // A member whose status says it is behind: fleet status exits 1 and names it.
+    let mut raw = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .expect("raw client");
+    let mut behind = s
+        .statuses
+        .iter()
+        .find(|st| st.member == "member-2")
+        .expect("member-2 status")
+        .clone();
+    behind.generation = 0;
+    behind.fingerprint_sha256 = Some("00".into());
+    raw.put(
+        format!("{}/status/member-2/www", procs::PREFIX),
+        serde_json::to_vec(&behind).expect("json"),
+        None,
+    )
+    .await
+    .expect("put");
+    let (code, out) = members[0].fleet_status();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("lagging: member-2 (www)"), "{out}");
+}
+
+const BATCH_WAF: &str = "batch-push/WAF/ap-southeast-1";
+const DEPLOY_ELB: &str = "deploy/ELB/-/lb0001";
+
+/// The state of `unit` of generation `generation`, and who wrote it.
+async fn unit_state(
+    etcd: &Etcd,
+    generation: u64,
+    unit: &str,
+) -> Option<(ccm_agent::fleet::keys::UnitState, String)> {
+    let s = fleet(etcd).await;
+    s.units
+        .get("www")?
+        .get(&generation)?
+        .get(unit)
+        .map(|p| (p.state, p.member.clone()))
+}
+
+fn slow(operation: &str, ms: u64) -> ccm_agent::emulator::FaultRule {
+    ccm_agent::emulator::FaultRule {
+        latency_ms: ms,
+        times: Some(1),
+        ..ccm_agent::emulator::FaultRule::new(operation)
+    }
+}
+
+/// The lock holder is SIGKILLed in the middle of a deploy call: nothing is called twice. The
+/// unit whose call was in flight has an unknown outcome that SCM cannot tell, so the member that
+/// takes over marks it for a human instead of calling again; the other targets get exactly one
+/// call each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_lock_holder_mid_deploy_never_repeats_a_call() {
+    use ccm_agent::fleet::keys::UnitState;
+    let Some(etcd) = Etcd::start() else { return };
+    let (emu, ca_id) = emulator_with_ca().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let setup = Setup {
+        emu: &emu,
+        etcd: &etcd,
+        ca_id: &ca_id,
+        validity: DAY30,
+        renew: "",
+        lease_ttl: "3s",
+    };
+    // The WAF batch push (the second target) hangs for a while.
+    emu.shared()
+        .add_fault(slow("scm.batch_push_certificate", 6000));
+    let mut members: Vec<Proc> = (1..=3)
+        .map(|i| Proc::spawn(&setup, root.path(), &format!("member-{i}")))
+        .collect();
+    let mut holder = String::new();
+    let start = std::time::Instant::now();
+    while holder.is_empty() {
+        if let Some((UnitState::Calling, who)) = unit_state(&etcd, 1, BATCH_WAF).await {
+            holder = who;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no batch push started\n{}",
+            logs(&members)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let victim = members
+        .iter_mut()
+        .find(|m| m.id == holder)
+        .expect("the holder is a member");
+    victim.kill();
+    let victim_id = victim.id.clone();
+    let survivors: Vec<Proc> = members.into_iter().filter(|m| m.id != victim_id).collect();
+    wait_until(
+        "another member to take over and mark the in-flight unit",
+        Duration::from_secs(60),
+        &survivors,
+        || async {
+            matches!(unit_state(&etcd, 1, BATCH_WAF).await, Some((UnitState::NeedsHuman, w)) if w != victim_id)
+        },
+    )
+    .await;
+    // Past the hung call's latency, and a few passes more.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let s = fleet(&etcd).await;
+    let units = &s.units["www"][&1];
+    assert_eq!(units[DEPLOY_ELB].state, UnitState::Done, "{units:?}");
+    assert_eq!(
+        units["batch-push/WAF/cn-north-4"].state,
+        UnitState::NeedsHuman,
+        "the same call covered both regions: {units:?}"
+    );
+    let calls = calls_per_target(&emu);
+    assert!(
+        calls.values().all(|n| *n <= 1),
+        "a target called twice: {calls:?}"
+    );
+    assert_eq!(calls.get("deploy/ELB/lb0001"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("deploy/ELB/lb0002"), Some(&1), "{calls:?}");
+    assert!(
+        emu.shared().count_requests("scm.batch_push_certificate") <= 1,
+        "the batch push was sent again"
+    );
+    assert_eq!(emu.shared().count_requests("pca.create_certificate"), 1);
+    assert_eq!(emu.shared().count_requests("scm.import_certificate"), 1);
+    let fp = converged(&etcd, &survivors)
+        .await
+        .expect("survivors converged");
+    assert_eq!(s.generations["www"].fingerprint_sha256, fp);
+    assert!(
+        survivors
+            .iter()
+            .any(|m| m.log().contains("marked for a human")),
+        "{}",
+        logs(&survivors)
+    );
+    // fleet status shows it, and exits 1; the killed member is gone, not lagging.
+    let (code, out) = survivors[0].fleet_status();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "needs a human (outcome of a deploy call unknown): www: batch-push/WAF/ap-southeast-1"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("lagging:"), "{out}");
+}
+
+/// The lock holder is SIGSTOPped during its first deploy call, past its lease, then SIGCONTed:
+/// another member took over meanwhile, and every write of the woken member is refused by the
+/// fence, so it makes no further call; each target was called once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_past_the_lease_then_sigcont_is_fenced_off() {
+    use ccm_agent::fleet::keys::UnitState;
+    let Some(etcd) = Etcd::start() else { return };
+    let (emu, ca_id) = emulator_with_ca().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let setup = Setup {
+        emu: &emu,
+        etcd: &etcd,
+        ca_id: &ca_id,
+        validity: DAY30,
+        renew: "",
+        lease_ttl: "3s",
+    };
+    // The ELB deploy (the first target) is slow.
+    emu.shared().add_fault(slow("scm.deploy_certificate", 6000));
+    let members: Vec<Proc> = (1..=3)
+        .map(|i| Proc::spawn(&setup, root.path(), &format!("member-{i}")))
+        .collect();
+    let mut holder = String::new();
+    let start = std::time::Instant::now();
+    while holder.is_empty() {
+        if let Some((UnitState::Calling, who)) = unit_state(&etcd, 1, DEPLOY_ELB).await {
+            holder = who;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no deploy started\n{}",
+            logs(&members)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let paused = members.iter().find(|m| m.id == holder).expect("holder");
+    paused.signal("STOP");
+    eprintln!(
+        "{:?}: stopped {holder} (pid {}) during its deploy call",
+        std::time::SystemTime::now(),
+        paused.pid()
+    );
+    let others: Vec<&Proc> = members.iter().filter(|m| m.id != holder).collect();
+    wait_until(
+        "another member to take over",
+        Duration::from_secs(60),
+        &members,
+        || async {
+            matches!(unit_state(&etcd, 1, BATCH_WAF).await, Some((UnitState::Done, w)) if w != holder)
+        },
+    )
+    .await;
+    assert!(matches!(
+        unit_state(&etcd, 1, DEPLOY_ELB).await,
+        Some((UnitState::NeedsHuman, w)) if w != holder
+    ));
+    // Wake the paused holder: its call returns, and its write of the outcome is refused.
+    paused.signal("CONT");
+    wait_until(
+        "the woken member's write to be refused",
+        Duration::from_secs(30),
+        &members,
+        || async { paused.log().contains("refused by the fence") },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Its "done" did not overwrite the takeover's mark, and it called nothing more.
+    assert!(matches!(
+        unit_state(&etcd, 1, DEPLOY_ELB).await,
+        Some((UnitState::NeedsHuman, w)) if w != holder
+    ));
+    let calls = calls_per_target(&emu);
+    assert!(calls.values().all(|n| *n == 1), "{calls:?}");
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert_eq!(emu.shared().count_requests("scm.deploy_certificate"), 1);
+    assert_eq!(emu.shared().count_requests("scm.batch_push_certificate"), 1);
+    assert_eq!(emu.shared().count_requests("pca.create_certificate"), 1);
+    assert!(!others.is_empty());
+    wait_until(
+        "all three to converge",
+        Duration::from_secs(30),
+        &members,
+        || async { converged(&etcd, &members).await.is_some() },
+    )
+    .await;
+}
+
+/// etcd stops: every member keeps its certificate; when the shared certificate reaches its
+/// emergency floor each renews it alone and nothing is deployed. etcd returns: the fleet
+/// publishes one generation again, every member installs it, and it is deployed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_outage_emergency_renewal_without_deploy_then_convergence() {
+    let Some(mut etcd) = Etcd::start() else {
+        return;
+    };
+    let (emu, ca_id) = emulator_with_ca().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let setup = Setup {
+        emu: &emu,
+        etcd: &etcd,
+        ca_id: &ca_id,
+        // Due 30 s after issuance, at the emergency floor after 60 s.
+        validity: r#"{ type = "HOUR", value = 1 }"#,
+        renew: "renew_before = \"59m30s\"\nemergency_before = \"59m\"\njitter = 0.0",
+        lease_ttl: "3s",
+    };
+    let url = etcd.url();
+    let members: Vec<Proc> = (1..=3)
+        .map(|i| Proc::spawn(&setup, root.path(), &format!("member-{i}")))
+        .collect();
+    wait_until(
+        "the first generation everywhere",
+        Duration::from_secs(60),
+        &members,
+        || async { converged(&etcd, &members).await.is_some() && deployed(&etcd, 1).await },
+    )
+    .await;
+    let g1 = converged(&etcd, &members).await.expect("g1");
+    etcd.stop();
+    let issued = emu.shared().count_requests("pca.create_certificate");
+    let deploys = procs::deployments(&emu).len();
+    wait_until(
+        "every member to renew alone at the emergency floor",
+        Duration::from_secs(120),
+        &members,
+        || async {
+            members
+                .iter()
+                .all(|m| m.fingerprint().is_some_and(|fp| fp != g1))
+        },
+    )
+    .await;
+    assert_eq!(
+        emu.shared().count_requests("pca.create_certificate"),
+        issued + 3,
+        "one emergency issuance per member"
+    );
+    assert_eq!(
+        procs::deployments(&emu).len(),
+        deploys,
+        "no deploy without the coordinator"
+    );
+    assert!(members.iter().all(|m| m.log().contains("emergency floor")));
+    etcd.restart();
+    assert_eq!(etcd.url(), url);
+    wait_until(
+        "the fleet to converge on a new generation",
+        Duration::from_secs(90),
+        &members,
+        || async {
+            match converged(&etcd, &members).await {
+                Some(fp) => fp != g1,
+                None => false,
+            }
+        },
+    )
+    .await;
+    let s = fleet(&etcd).await;
+    let g = s.generations["www"].generation;
+    assert!(g >= 2, "{g}");
+    wait_until(
+        "the new generation to be deployed",
+        Duration::from_secs(60),
+        &members,
+        || async {
+            let s = fleet(&etcd).await;
+            let g = s.generations["www"].generation;
+            deployed(&etcd, g).await
+        },
+    )
+    .await;
+    let calls = calls_per_target(&emu);
+    // One call per target per generation: at most as many as generations published.
+    let s = fleet(&etcd).await;
+    let generations = s.generations["www"].generation as usize;
+    assert!(
+        calls.values().all(|n| *n <= generations),
+        "{calls:?} for {generations} generations"
+    );
+}

@@ -59,6 +59,9 @@ pub struct Agent {
     pub(super) client: Client,
     pub(super) reload_metrics: crate::reload::metrics::ReloadMetrics,
     pub(super) deploy_metrics: prometheus::IntCounterVec,
+    /// Fleet mode: the coordinator link, attached by the daemon when `[fleet]` is configured.
+    #[cfg(feature = "fleet")]
+    pub(super) fleet: std::sync::OnceLock<Arc<super::fleet::FleetLink>>,
 }
 
 impl Agent {
@@ -145,6 +148,8 @@ impl Agent {
             client,
             reload_metrics,
             deploy_metrics,
+            #[cfg(feature = "fleet")]
+            fleet: std::sync::OnceLock::new(),
         };
         if !read_only {
             // Before anything calls the cloud: what is installed is exported even if every
@@ -304,8 +309,10 @@ enum Watched {
 
 /// What the output files looked like when the agent last knew them: taken of every output
 /// before a pass, and again after the pass for the certificates whose files the pass itself
-/// changed (an install, a restore, a rollback). A watch event on a file whose stamp still
-/// matches is the echo of the agent's own write and starts no pass; any other change does.
+/// changed (an install, a restore, a rollback), but only for a file whose content is still what
+/// the install wrote (the last good version): someone may have changed it since, while the pass
+/// went on. A watch event on a file whose stamp still matches is the echo of the agent's own
+/// write and starts no pass; any other change, or a file not known, does.
 #[derive(Default)]
 struct OutputStamps(std::collections::HashMap<PathBuf, Option<crate::fsio::FileStamp>>);
 
@@ -324,8 +331,9 @@ impl OutputStamps {
         }
     }
 
-    /// After a pass: the certificates whose files the pass wrote.
-    fn take_written(&mut self, pass: &PassResults) {
+    /// After a pass: the certificates whose files the pass wrote, each file only if it still
+    /// holds what the install wrote (and did not change while it was compared).
+    fn take_written(&mut self, pass: &PassResults, state: &crate::state::StateDir) {
         for (cert, result) in &pass.results {
             let wrote = match result {
                 Ok(report) => report.install_changed,
@@ -333,8 +341,21 @@ impl OutputStamps {
                 Err(PassError::Reload(_)) => true,
                 Err(_) => false,
             };
-            if wrote {
-                self.take(cert);
+            if !wrote {
+                continue;
+            }
+            let good = crate::install::last_good(state, &cert.name).ok().flatten();
+            for path in cert.output.paths() {
+                let before = crate::fsio::FileStamp::of(path);
+                let as_installed = good
+                    .as_ref()
+                    .and_then(|v| v.files.iter().find(|f| f.target == path))
+                    .is_some_and(|f| std::fs::read(path).is_ok_and(|b| b == f.contents()));
+                if as_installed && before.is_some() && before == crate::fsio::FileStamp::of(path) {
+                    self.0.insert(path.to_path_buf(), before);
+                } else {
+                    self.0.remove(path);
+                }
             }
         }
     }
@@ -469,12 +490,16 @@ pub async fn run(
     let mut check_now =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
             .context("listening for SIGUSR1")?;
+    #[cfg(feature = "fleet")]
+    let fleet = start_fleet(&agent, &config, &metrics).await?;
+    #[cfg(not(feature = "fleet"))]
+    let fleet: Option<Arc<tokio::sync::Notify>> = None;
     agent.resume().await;
     let mut stamps = OutputStamps::default();
     stamps.take_all(&agent.config());
     if config.agent.check_on_start {
         let pass = run_cycle(&agent, watchdog.as_mut(), &notifier, &opts.shutdown).await;
-        stamps.take_written(&pass);
+        stamps.take_written(&pass, agent.renewer().state_dir());
         let summary = pass.summary;
         tracing::info!(%summary, "startup check finished");
         if let Some(cb) = &opts.on_cycle {
@@ -513,6 +538,12 @@ pub async fn run(
                         break 'outer;
                     }
                 },
+                _ = fleet_changed(fleet.as_deref()) => {
+                    // Let a burst of changes (a holder's deploy marks) settle.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    fleet_pass(&agent, &opts.shutdown).await;
+                    continue;
+                }
                 _ = check_now.recv() => {
                     tracing::info!("SIGUSR1: checking every certificate now");
                     agent.end_backoffs();
@@ -567,7 +598,7 @@ pub async fn run(
         }
         stamps.take_all(&agent.config());
         let pass = run_cycle(&agent, watchdog.as_mut(), &notifier, &opts.shutdown).await;
-        stamps.take_written(&pass);
+        stamps.take_written(&pass, agent.renewer().state_dir());
         let summary = pass.summary;
         tracing::info!(%summary, "check finished");
         if let Some(cb) = &opts.on_cycle {
@@ -576,6 +607,10 @@ pub async fn run(
     }
     notifier.stopping();
     tracing::info!("shutting down");
+    #[cfg(feature = "fleet")]
+    if let Some(link) = agent.fleet() {
+        link.coordinator.stop().await;
+    }
     let mut scheduler = scheduler;
     let _ = scheduler.shutdown().await;
     if fatal.is_some() {
@@ -585,6 +620,88 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     }
     fatal.map_or(Ok(()), Err)
+}
+
+/// Waits for a change of the fleet's state (forever without a fleet).
+async fn fleet_changed(changed: Option<&tokio::sync::Notify>) {
+    match changed {
+        Some(n) => n.notified().await,
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// After a fleet change: a pass over the fleet's certificates only (not the whole schedule's
+/// work), unless shutting down.
+async fn fleet_pass(agent: &Arc<Agent>, shutdown: &CancellationToken) {
+    #[cfg(feature = "fleet")]
+    {
+        agent.on_fleet_change();
+        let names: Vec<String> = agent
+            .config()
+            .certificates
+            .iter()
+            .filter(|c| c.fleet != crate::fleet::FleetMode::Local)
+            .map(|c| c.name.clone())
+            .collect();
+        if names.is_empty() || shutdown.is_cancelled() {
+            return;
+        }
+        let summary = agent
+            .run_pass(&names, CheckOptions::default())
+            .await
+            .summary;
+        tracing::debug!(%summary, "fleet change handled");
+    }
+    #[cfg(not(feature = "fleet"))]
+    let _ = (agent, shutdown);
+}
+
+/// Joins the fleet when `[fleet]` is configured: starts the coordinator (an unreachable etcd
+/// is not fatal), attaches it to the agent, and waits a little for it so that the first pass
+/// is coordinated. Returns what wakes the loop on a fleet change.
+#[cfg(feature = "fleet")]
+async fn start_fleet(
+    agent: &Arc<Agent>,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Arc<tokio::sync::Notify>>> {
+    let Some(settings) = &config.fleet else {
+        return Ok(None);
+    };
+    let password = match &settings.auth {
+        Some(a) => Some(
+            a.password
+                .resolve(&|k| std::env::var(k).ok())
+                .map_err(|e| anyhow::anyhow!("fleet.password ({}): {e}", a.password))?,
+        ),
+        None => None,
+    };
+    let member = crate::fleet::keys::Member {
+        member_id: settings.member_id.clone(),
+        host_id: config.agent.effective_host_id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        serves: config
+            .certificates
+            .iter()
+            .filter(|c| c.fleet != crate::fleet::FleetMode::Local)
+            .map(|c| format!("{}:{}", c.name, c.fleet))
+            .collect(),
+        started_at: super::renew::rfc3339(time::OffsetDateTime::now_utc()),
+    };
+    let coordinator = crate::fleet::Coordinator::start(settings.clone(), member, password);
+    let changed = coordinator.changed();
+    let link = super::fleet::FleetLink::new(coordinator.clone(), metrics.registry())
+        .context("registering fleet metrics")?;
+    agent.attach_fleet(Arc::new(link));
+    let deadline = Instant::now() + settings.timeout * 2;
+    while !coordinator.is_up() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.on_fleet_change();
+    if !coordinator.is_up() {
+        tracing::warn!("the fleet coordinator (etcd) is not reachable yet: starting alone");
+    }
+    Ok(Some(changed))
 }
 
 /// How often the daemon checks that its lock is still the state directory's.

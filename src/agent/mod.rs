@@ -4,5 +4,7 @@
 //! [`crate::state`].
 
 pub mod daemon;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod pass;
 pub mod renew;

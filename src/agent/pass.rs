@@ -52,6 +52,10 @@ pub enum PassError {
     /// Some cloud targets still fail after the run's attempts (the rest were deployed).
     #[error("certificate {name}: cloud deploy incomplete: {detail}")]
     Deploy { name: String, detail: String },
+    /// Fleet mode: the coordinator refused a fenced write (this member lost the lock) or is
+    /// unreachable for a step that needs it.
+    #[error("certificate {name}: fleet: {detail}")]
+    Fleet { name: String, detail: String },
 }
 
 impl PassError {
@@ -65,6 +69,7 @@ impl PassError {
                 _ => FailureKind::ReloadFailed,
             },
             PassError::Deploy { .. } => FailureKind::Deploy,
+            PassError::Fleet { .. } => FailureKind::State,
         }
     }
 }
@@ -226,6 +231,10 @@ impl Agent {
         cert: &ManagedCertificate,
         opts: CheckOptions,
     ) -> Result<CheckReport, PassError> {
+        #[cfg(feature = "fleet")]
+        if let Some(link) = self.fleet_of(cert) {
+            return self.fleet_pass(&link, cert, opts).await;
+        }
         let report = self.renewer.check(cert, opts).await?;
         if opts.dry_run {
             return Ok(report);
@@ -328,7 +337,7 @@ impl Agent {
 
     /// The PEM text of the set in place: this pass's [`InstalledSet`], or else the last good
     /// version kept in the state directory. `None` when nothing is installed.
-    fn installed_pem(
+    pub(super) fn installed_pem(
         &self,
         cert: &ManagedCertificate,
         report: &CheckReport,
@@ -513,8 +522,8 @@ impl Agent {
 }
 
 /// The text of an installed set, as the publish stage sends it.
-struct InstalledPem {
-    cert: String,
-    chain: String,
-    key: String,
+pub(super) struct InstalledPem {
+    pub(super) cert: String,
+    pub(super) chain: String,
+    pub(super) key: String,
 }

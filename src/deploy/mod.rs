@@ -64,6 +64,9 @@ pub enum DeployError {
         #[source]
         source: Box<CloudError>,
     },
+    /// The [`DeployGate`] refused a call (fleet mode: this member no longer holds the lock).
+    #[error("certificate {name}: deploy stopped: {detail}")]
+    Refused { name: String, detail: String },
     #[error("certificate {name}: importing into SCM as {scm_name:?}: {source}")]
     Import {
         name: String,
@@ -126,6 +129,29 @@ impl CertMaterial {
             },
         }
     }
+}
+
+/// What a [`DeployGate`] answers.
+pub type GateFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// Lets the caller hold units back and approve each billed call before it is made, and learn
+/// its outcome right after ([`deploy_certificate_gated`]). Fleet mode fences each of these
+/// through etcd; a refusal (`Err`) stops the run with [`DeployError::Refused`].
+pub trait DeployGate: Send + Sync {
+    /// A reason not to call this unit (by [`Unit::key`]) in this run; it is reported failed
+    /// with that reason.
+    fn hold(&self, unit_key: &str) -> Option<String>;
+    /// Before the SCM import of a certificate held on this host.
+    fn before_import(&self) -> GateFuture<'_>;
+    /// Before a push, batch-push or deploy call covering these units.
+    fn before_call<'a>(&'a self, unit_keys: &'a [String], scm_id: &'a str) -> GateFuture<'a>;
+    /// After the call: each unit's outcome (`Err`: the message).
+    fn after_call<'a>(
+        &'a self,
+        outcomes: &'a [(String, Result<(), String>)],
+        scm_id: &'a str,
+    ) -> GateFuture<'a>;
 }
 
 /// The three calls.
@@ -581,6 +607,23 @@ pub async fn deploy_certificate(
     material: &CertMaterial,
     dry_run: bool,
 ) -> Result<DeployReport, DeployError> {
+    deploy_certificate_gated(client, store, spec, material, dry_run, None).await
+}
+
+/// [`deploy_certificate`], with every billed call (and the import) approved by `gate` first
+/// and reported to it after, and the units it holds back left alone.
+pub async fn deploy_certificate_gated(
+    client: &Client,
+    store: &DeployStore,
+    spec: &DeploySpec,
+    material: &CertMaterial,
+    dry_run: bool,
+    gate: Option<&dyn DeployGate>,
+) -> Result<DeployReport, DeployError> {
+    let refused = |detail: String| DeployError::Refused {
+        name: material.name.clone(),
+        detail,
+    };
     let leaf = Leaf::of(material)?;
     let mut st = store.load(&material.name)?;
     let fixed = fixed_id(material);
@@ -591,6 +634,8 @@ pub async fn deploy_certificate(
     for (i, (_, u)) in units.iter().enumerate() {
         if is_done(&st, u, &leaf.sha256, fixed) {
             results.push(UnitResult::Unchanged);
+        } else if let Some(why) = gate.and_then(|g| g.hold(&u.key())) {
+            results.push(UnitResult::Failed(why));
         } else {
             results.push(if dry_run {
                 UnitResult::Planned
@@ -649,6 +694,7 @@ pub async fn deploy_certificate(
                 private_key,
                 &mut st,
                 &mut report,
+                gate,
             )
             .await?
         }
@@ -664,7 +710,19 @@ pub async fn deploy_certificate(
         let mut failed = Vec::new();
         let mut copy_lost = false;
         for call in plan_calls(spec, &units, &todo) {
+            let keys: Vec<String> = call.units.iter().map(|&i| units[i].1.key()).collect();
+            if let Some(g) = gate {
+                g.before_call(&keys, &scm_id).await.map_err(refused)?;
+            }
             let sent = send(client, &scm_id, &call, &units).await;
+            if let Some(g) = gate {
+                let outcomes: Vec<(String, Result<(), String>)> = sent
+                    .outcomes
+                    .iter()
+                    .map(|(i, r)| (units[*i].1.key(), r.clone()))
+                    .collect();
+                g.after_call(&outcomes, &scm_id).await.map_err(refused)?;
+            }
             report.calls.push(sent.record);
             let mut changed = false;
             for (i, outcome) in sent.outcomes {
@@ -752,6 +810,7 @@ async fn ensure_copy(
     private_key: &Secret,
     st: &mut DeployState,
     report: &mut DeployReport,
+    gate: Option<&dyn DeployGate>,
 ) -> Result<String, DeployError> {
     if let Some(c) = st
         .scm_copy
@@ -775,6 +834,14 @@ async fn ensure_copy(
             id
         }
         None => {
+            if let Some(g) = gate {
+                g.before_import()
+                    .await
+                    .map_err(|detail| DeployError::Refused {
+                        name: m.name.clone(),
+                        detail,
+                    })?;
+            }
             let mut body = ImportCertificateRequest::new(
                 spec.scm_name.clone(),
                 leaf.pem.clone(),

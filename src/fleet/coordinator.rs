@@ -66,6 +66,8 @@ pub struct Coordinator {
     member: Member,
     client: tokio::sync::Mutex<Option<Client>>,
     lease: AtomicI64,
+    /// The lease of the session before this one: its keys are this member's own leftovers.
+    previous_lease: AtomicI64,
     up: AtomicBool,
     synced: AtomicBool,
     cache: Mutex<BTreeMap<String, Kv>>,
@@ -149,6 +151,7 @@ impl Coordinator {
             member,
             client: tokio::sync::Mutex::new(None),
             lease: AtomicI64::new(0),
+            previous_lease: AtomicI64::new(0),
             up: AtomicBool::new(false),
             synced: AtomicBool::new(false),
             cache: Mutex::new(BTreeMap::new()),
@@ -231,7 +234,7 @@ impl Coordinator {
                     failures = 0;
                     tracing::info!(member = %self.member.member_id, lease, "joined the fleet");
                     self.up.store(true, Ordering::SeqCst);
-                    self.changed.notify_waiters();
+                    self.changed.notify_one();
                     let why = self.keep_alive(lease).await;
                     if self.stop.is_cancelled() {
                         break;
@@ -246,8 +249,11 @@ impl Coordinator {
                 }
             }
             self.up.store(false, Ordering::SeqCst);
-            self.lease.store(0, Ordering::SeqCst);
-            self.changed.notify_waiters();
+            let old = self.lease.swap(0, Ordering::SeqCst);
+            if old != 0 {
+                self.previous_lease.store(old, Ordering::SeqCst);
+            }
+            self.changed.notify_one();
             let delay = Duration::from_millis(500 * u64::from(failures.clamp(1, 4)));
             tokio::select! {
                 _ = self.stop.cancelled() => break,
@@ -273,7 +279,22 @@ impl Coordinator {
             )])
             .or_else([TxnOp::get(key.clone(), None)]);
         self.count();
-        let resp = client.txn(txn).await?;
+        let mut resp = client.txn(txn.clone()).await?;
+        let registered_by = |resp: &etcd_client::TxnResponse| {
+            resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.lease()),
+                _ => None,
+            })
+        };
+        let previous = self.previous_lease.load(Ordering::SeqCst);
+        if !resp.succeeded() && previous != 0 && registered_by(&resp) == Some(previous) {
+            // This member's own session before an outage (etcd keeps leases across its
+            // restarts): give it up, with the locks on it, and register again.
+            self.count();
+            let _ = client.lease_revoke(previous).await;
+            self.count();
+            resp = client.txn(txn).await?;
+        }
         if !resp.succeeded() {
             let holder = resp.op_responses().into_iter().find_map(|r| match r {
                 TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.lease()),
@@ -330,7 +351,7 @@ impl Coordinator {
                 tracing::debug!(error = %e, "fleet watch interrupted; syncing again");
             }
             self.synced.store(false, Ordering::SeqCst);
-            self.changed.notify_waiters();
+            self.changed.notify_one();
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -338,14 +359,18 @@ impl Coordinator {
         }
     }
 
-    /// One snapshot of `certs/` and `locks/` (one transaction, so one revision), then a watch
-    /// of both from the next revision, until the stream fails.
+    /// One snapshot of `certs/`, `locks/` and `members/` (one transaction, so one revision),
+    /// then a watch of the three from the next revision, until the stream fails.
     async fn watch_once(&self) -> Result<(), FleetError> {
         let mut client = self.client().await?;
-        let (certs, locks) = (self.keys.certs(), self.keys.locks());
+        let (certs, locks, members) = (self.keys.certs(), self.keys.locks(), self.keys.members());
         let txn = Txn::new().and_then([
             TxnOp::get(certs.clone(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(locks.clone(), Some(GetOptions::new().with_prefix())),
+            TxnOp::get(
+                members.clone(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
         ]);
         self.count();
         let resp = client.txn(txn).await?;
@@ -386,9 +411,20 @@ impl Coordinator {
                 ),
             )
             .await?;
+        self.count();
+        stream
+            .watch(
+                members,
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await?;
         *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = snapshot;
         self.synced.store(true, Ordering::SeqCst);
-        self.changed.notify_waiters();
+        self.changed.notify_one();
         loop {
             let msg = tokio::select! {
                 _ = self.stop.cancelled() => return Ok(()),
@@ -406,6 +442,12 @@ impl Coordinator {
             if resp.events().is_empty() {
                 continue;
             }
+            let members = self.keys.members();
+            // Members joining or leaving change no certificate: no pass for them.
+            let relevant = resp.events().iter().any(|ev| {
+                ev.kv()
+                    .is_some_and(|kv| !kv.key().starts_with(members.as_bytes()))
+            });
             {
                 let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
                 for ev in resp.events() {
@@ -427,7 +469,9 @@ impl Coordinator {
                     }
                 }
             }
-            self.changed.notify_waiters();
+            if relevant {
+                self.changed.notify_one();
+            }
         }
     }
 
@@ -452,6 +496,17 @@ impl Coordinator {
                 None
             }
         }
+    }
+
+    /// How many members are registered (as the watch last delivered).
+    pub fn members(&self) -> usize {
+        let prefix = self.keys.members();
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .count()
     }
 
     /// Who holds the lock of `name`: (member id, lease).

@@ -11,6 +11,8 @@ pub mod keys;
 
 #[cfg(feature = "fleet")]
 pub mod coordinator;
+#[cfg(feature = "fleet")]
+pub mod status;
 
 #[cfg(feature = "fleet")]
 pub use coordinator::{Coordinator, FleetError};

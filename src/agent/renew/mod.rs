@@ -31,6 +31,7 @@
 //! The PKCS#12 output, when configured, is written with the same transaction.
 
 pub mod error;
+mod fleet;
 mod pca;
 mod scm;
 pub mod wire;

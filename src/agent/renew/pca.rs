@@ -56,7 +56,7 @@ fn issue_mode(mode: PcaMode) -> IssueMode {
     }
 }
 
-fn mode_str(mode: PcaMode) -> &'static str {
+pub(super) fn mode_str(mode: PcaMode) -> &'static str {
     match mode {
         PcaMode::Csr => "csr",
         PcaMode::Apply => "apply",
@@ -65,7 +65,7 @@ fn mode_str(mode: PcaMode) -> &'static str {
 
 /// The names the certificate must cover: the configured DNS and IP SANs, or the common name
 /// when there are none.
-fn required_names(src: &PcaSource) -> Vec<String> {
+pub(super) fn required_names(src: &PcaSource) -> Vec<String> {
     let names: Vec<String> = src
         .sans
         .iter()
@@ -321,7 +321,7 @@ impl Renewer {
         }
     }
 
-    fn next_renewal_of(
+    pub(super) fn next_renewal_of(
         &self,
         cert: &ManagedCertificate,
         leaf: &pki::CertInfo,
@@ -421,7 +421,7 @@ impl Renewer {
 
     /// The issuing CA's certificate, the anchor a candidate's chain must lead to. With
     /// `require_active`, the CA is first checked to be able to issue.
-    async fn issuer_anchor(
+    pub(super) async fn issuer_anchor(
         &self,
         name: &str,
         src: &PcaSource,

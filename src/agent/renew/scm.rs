@@ -198,7 +198,7 @@ fn list_query(content: Option<String>) -> ListCertificatesQuery {
     }
 }
 
-fn required_names(sel: &ScmSelector) -> Vec<String> {
+pub(super) fn required_names(sel: &ScmSelector) -> Vec<String> {
     match sel {
         ScmSelector::Domain(d) => vec![d.clone()],
         _ => Vec::new(),

@@ -1,0 +1,788 @@
+//! Fleet mode in the pass (see [`crate::fleet`]). A `shared` or `per-host` certificate goes
+//! through [`Agent::fleet_pass`] instead of the stand-alone stages:
+//!
+//! - **shared, obtain**: when the published generation is missing or due (by this member's
+//!   policy and jitter), the member tries the certificate's lock. The holder brings its files to
+//!   the published generation, writes its fenced issuing mark (the fence before the billed
+//!   call), runs the normal renewal ([`Renewer::check`]) and publishes what it then has as the
+//!   next generation (fenced). Every other member installs exactly the published certificate,
+//!   exported from the cloud and checked against the published fingerprint
+//!   ([`Renewer::install_published`]); it never issues.
+//! - **per-host, obtain**: the normal renewal (each member its own certificate); the holder
+//!   publishes its own certificate as the generation the cloud targets get.
+//! - **activate**: as always, when the files changed.
+//! - **deploy**: only the lock holder, only for units the generation's progress does not have
+//!   as done; each call preceded by a fenced `calling` mark and followed by a fenced `done` or
+//!   `failed`. A unit found `calling` when a member takes over had a caller that stopped
+//!   mid-call: SCM's API lists neither pushes nor deployments, so the outcome cannot be
+//!   reconciled, and the unit is marked `needs_human` (alerted on), never called blindly.
+//! - **etcd unreachable**: the member keeps what it has; a shared certificate at its emergency
+//!   floor is renewed by this member alone when `emergency_local` (default); no deploy.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use super::daemon::Agent;
+use super::pass::PassError;
+use super::renew::{CheckOptions, CheckReport, Warning, WarningKind, rfc3339};
+use crate::config::{CertificateSource, ManagedCertificate};
+use crate::deploy::{self, DeployGate, DeploySpec, GateFuture};
+use crate::fleet::keys::{Generation, MemberStatus, UnitProgress, UnitState};
+use crate::fleet::{Coordinator, FleetError, FleetMode};
+use crate::policy::{self, Lifetime};
+
+/// The fleet as the agent sees it: the coordinator, the metrics, and the last status written.
+pub struct FleetLink {
+    pub coordinator: Arc<Coordinator>,
+    last_status: Mutex<HashMap<String, MemberStatus>>,
+    metrics: FleetMetrics,
+}
+
+struct FleetMetrics {
+    up: prometheus::IntGauge,
+    members: prometheus::IntGauge,
+    leader: prometheus::IntGaugeVec,
+    generation: prometheus::IntGaugeVec,
+    installed_generation: prometheus::IntGaugeVec,
+    lag: prometheus::IntGaugeVec,
+    needs_human: prometheus::IntGaugeVec,
+    emergency: prometheus::IntCounterVec,
+}
+
+impl FleetMetrics {
+    fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let gauge = |n: &str, h: &str| prometheus::IntGauge::new(n, h);
+        let vec =
+            |n: &str, h: &str| prometheus::IntGaugeVec::new(prometheus::Opts::new(n, h), &["name"]);
+        let m = FleetMetrics {
+            up: gauge(
+                "ccm_agent_fleet_coordinator_up",
+                "1 when this member holds a live etcd lease and a current view of the fleet.",
+            )?,
+            members: gauge(
+                "ccm_agent_fleet_members",
+                "Members registered in the fleet (live etcd leases), as this member sees them.",
+            )?,
+            leader: vec(
+                "ccm_agent_fleet_leader",
+                "1 when this member holds the certificate's fleet lock.",
+            )?,
+            generation: vec(
+                "ccm_agent_fleet_generation",
+                "The generation the fleet published for the certificate.",
+            )?,
+            installed_generation: vec(
+                "ccm_agent_fleet_installed_generation",
+                "The fleet generation this member has installed (0: none of the fleet's).",
+            )?,
+            lag: vec(
+                "ccm_agent_fleet_member_lag",
+                "Published generation minus the one installed here (0: up to date).",
+            )?,
+            needs_human: vec(
+                "ccm_agent_fleet_deploy_needs_human",
+                "Deploy units of the current generation whose outcome is unknown and wait for an operator.",
+            )?,
+            emergency: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "ccm_agent_fleet_emergency_renewals_total",
+                    "Shared certificates renewed by this member alone at the emergency floor while etcd was unreachable.",
+                ),
+                &["name"],
+            )?,
+        };
+        registry.register(Box::new(m.up.clone()))?;
+        registry.register(Box::new(m.members.clone()))?;
+        registry.register(Box::new(m.leader.clone()))?;
+        registry.register(Box::new(m.generation.clone()))?;
+        registry.register(Box::new(m.installed_generation.clone()))?;
+        registry.register(Box::new(m.lag.clone()))?;
+        registry.register(Box::new(m.needs_human.clone()))?;
+        registry.register(Box::new(m.emergency.clone()))?;
+        Ok(m)
+    }
+}
+
+impl FleetLink {
+    pub fn new(
+        coordinator: Arc<Coordinator>,
+        registry: &prometheus::Registry,
+    ) -> prometheus::Result<Self> {
+        Ok(FleetLink {
+            coordinator,
+            last_status: Mutex::new(HashMap::new()),
+            metrics: FleetMetrics::register(registry)?,
+        })
+    }
+
+    /// Refreshes the gauges that follow the coordinator (called on every fleet change).
+    pub fn observe(&self, names: &[(String, FleetMode)]) {
+        let c = &self.coordinator;
+        self.metrics.up.set(i64::from(c.is_up()));
+        if c.is_up() {
+            self.metrics
+                .members
+                .set(i64::try_from(c.members()).unwrap_or(i64::MAX));
+        }
+        for (name, mode) in names {
+            if *mode == FleetMode::Local {
+                continue;
+            }
+            self.metrics
+                .leader
+                .with_label_values(&[name])
+                .set(i64::from(c.holds(name)));
+            let published = c.generation(name).map_or(0, |g| g.generation);
+            self.metrics
+                .generation
+                .with_label_values(&[name])
+                .set(i64::try_from(published).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// The lifetime a generation describes.
+fn lifetime(g: &Generation) -> Option<Lifetime> {
+    let parse = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+    };
+    Some(Lifetime::new(parse(&g.not_before)?, parse(&g.not_after)?))
+}
+
+/// Whether this member should install generation `g` (due or not by its policy) over what it
+/// has: yes when nothing is installed or something else is, except that a certificate this
+/// member renewed alone during an outage and that outlives a `g` that is due anyway stays
+/// until the fleet publishes the next generation (a member would otherwise step back to an
+/// older certificate for a moment).
+fn should_install(local: Option<&super::renew::CertSummary>, g: &Generation, g_due: bool) -> bool {
+    let Some(local) = local else { return true };
+    if local
+        .fingerprint_sha256
+        .eq_ignore_ascii_case(&g.fingerprint_sha256)
+    {
+        return false;
+    }
+    !(g_due && lifetime(g).is_some_and(|l| local.not_after > l.not_after))
+}
+
+fn fleet_error(name: &str) -> impl Fn(FleetError) -> PassError + '_ {
+    move |e| PassError::Fleet {
+        name: name.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+impl Agent {
+    /// The fleet link, when this certificate is coordinated through it.
+    pub(super) fn fleet_of(&self, cert: &ManagedCertificate) -> Option<Arc<FleetLink>> {
+        if cert.fleet == FleetMode::Local {
+            return None;
+        }
+        self.fleet.get().cloned()
+    }
+
+    /// Connects the agent to its fleet (the daemon, once).
+    pub fn attach_fleet(&self, link: Arc<FleetLink>) {
+        let _ = self.fleet.set(link);
+    }
+
+    /// The fleet link, if attached.
+    pub fn fleet(&self) -> Option<Arc<FleetLink>> {
+        self.fleet.get().cloned()
+    }
+
+    /// After a fleet change: refresh the gauges and end the failure backoff of the fleet's
+    /// certificates (what they waited for may have arrived).
+    pub fn on_fleet_change(&self) {
+        let config = self.config();
+        let names: Vec<(String, FleetMode)> = config
+            .certificates
+            .iter()
+            .map(|c| (c.name.clone(), c.fleet))
+            .collect();
+        if let Some(link) = self.fleet.get() {
+            link.observe(&names);
+        }
+        let fleet_names: HashSet<&str> = names
+            .iter()
+            .filter(|(_, m)| *m != FleetMode::Local)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let now = std::time::Instant::now();
+        let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, (_, until)) in backoff.iter_mut() {
+            if fleet_names.contains(name.as_str()) {
+                *until = (*until).min(now);
+            }
+        }
+    }
+
+    /// One fleet certificate through the stages (see the module doc).
+    pub(super) async fn fleet_pass(
+        &self,
+        link: &FleetLink,
+        cert: &ManagedCertificate,
+        opts: CheckOptions,
+    ) -> Result<CheckReport, PassError> {
+        if opts.dry_run {
+            return Ok(self.renewer.check(cert, opts).await?);
+        }
+        let mut took = false;
+        let result = self.fleet_stages(link, cert, opts, &mut took).await;
+        let f = &link.coordinator;
+        if took
+            && f.holds(&cert.name)
+            && let Err(e) = f.unlock(&cert.name).await
+        {
+            tracing::debug!(certificate = %cert.name, error = %e, "could not release the fleet lock (it goes with the lease)");
+        }
+        self.fleet_status(link, cert, &result).await;
+        result
+    }
+
+    async fn fleet_stages(
+        &self,
+        link: &FleetLink,
+        cert: &ManagedCertificate,
+        opts: CheckOptions,
+        took: &mut bool,
+    ) -> Result<CheckReport, PassError> {
+        let f = &link.coordinator;
+        let report = match cert.fleet {
+            FleetMode::Shared => self.shared_obtain(link, cert, opts, took).await?,
+            _ => self.renewer.check(cert, opts).await?,
+        };
+        if report.install_changed
+            && let Some(set) = report.installed_set.as_deref()
+        {
+            self.activate(cert, set).await?;
+        }
+        if cert.fleet == FleetMode::PerHost && f.is_up() {
+            self.per_host_publish(link, cert, &report, took).await?;
+        }
+        if let Some(spec) = &cert.deploy {
+            if f.is_up() {
+                self.fleet_deploy(link, cert, spec, &report, took).await?;
+            } else {
+                tracing::warn!(certificate = %cert.name, "the fleet coordinator (etcd) is unreachable: cloud deploys wait for it (never without the lock)");
+            }
+        }
+        Ok(report)
+    }
+
+    /// A shared certificate's obtain stage (see the module doc).
+    async fn shared_obtain(
+        &self,
+        link: &FleetLink,
+        cert: &ManagedCertificate,
+        opts: CheckOptions,
+        took: &mut bool,
+    ) -> Result<CheckReport, PassError> {
+        let f = &link.coordinator;
+        let name = cert.name.as_str();
+        if !f.is_up() {
+            return self.alone(link, cert, opts).await;
+        }
+        let g = f.generation(name);
+        let local = self.renewer.installed(cert);
+        let g_due = match &g {
+            None => true,
+            Some(g) => lifetime(g).is_none_or(|l| {
+                self.renewer
+                    .renewal_decision(cert, l.not_before, l.not_after)
+                    .is_ok()
+            }),
+        };
+        let due = g_due || opts.force;
+        if due {
+            match f.try_lock(name).await {
+                Ok(held) => *took = held,
+                Err(e) => {
+                    tracing::warn!(certificate = %name, error = %e, "cannot reach the fleet coordinator for the lock");
+                    return self.alone(link, cert, opts).await;
+                }
+            }
+        }
+        if *took {
+            if let Some(g) = &g
+                && should_install(local.as_ref(), g, g_due)
+            {
+                self.renewer
+                    .install_published(cert, &g.cloud_id, &g.fingerprint_sha256)
+                    .await?;
+            }
+            // The fence before the billed call: a member that lost the lock stops here.
+            f.mark_issuing(name, g.as_ref().map_or(0, |g| g.generation))
+                .await
+                .map_err(fleet_error(name))?;
+            let report = self.renewer.check(cert, opts).await?;
+            self.publish_installed(f, cert, &report, g.as_ref()).await?;
+            return Ok(report);
+        }
+        match &g {
+            Some(g) if should_install(local.as_ref(), g, g_due) => Ok(self
+                .renewer
+                .install_published(cert, &g.cloud_id, &g.fingerprint_sha256)
+                .await?),
+            Some(_) => Ok(self.renewer.observe(cert)?),
+            None => {
+                let mut r = self.renewer.observe(cert)?;
+                let holder = f
+                    .lock_holder(name)
+                    .map_or_else(|| "nobody yet".to_owned(), |(m, _)| m);
+                r.warnings.push(Warning::new(
+                    WarningKind::State,
+                    format!("waiting for the fleet's first generation of this certificate (lock held by {holder})"),
+                ));
+                Ok(r)
+            }
+        }
+    }
+
+    /// Publishes what the report installed as the next generation when it is not the
+    /// published one (fenced).
+    async fn publish_installed(
+        &self,
+        f: &Coordinator,
+        cert: &ManagedCertificate,
+        report: &CheckReport,
+        current: Option<&Generation>,
+    ) -> Result<Option<Generation>, PassError> {
+        let name = cert.name.as_str();
+        let (Some(inst), Some(id)) = (&report.installed, report.cloud_id.clone()) else {
+            return Ok(None);
+        };
+        if current.is_some_and(|g| {
+            g.fingerprint_sha256
+                .eq_ignore_ascii_case(&inst.fingerprint_sha256)
+        }) {
+            return Ok(None);
+        }
+        let g = Generation {
+            generation: current.map_or(1, |g| g.generation + 1),
+            cloud_id: id,
+            fingerprint_sha256: inst.fingerprint_sha256.to_ascii_uppercase(),
+            not_after: rfc3339(inst.not_after),
+            not_before: rfc3339(inst.not_before),
+            issued_by: f.member_id().to_owned(),
+            source: report.source.to_owned(),
+        };
+        f.publish(name, &g).await.map_err(fleet_error(name))?;
+        tracing::info!(
+            certificate = %name, generation = g.generation, cloud_id = %g.cloud_id,
+            fingerprint = %g.fingerprint_sha256, "published a new fleet generation"
+        );
+        Ok(Some(g))
+    }
+
+    /// etcd unreachable: keep what is installed; at the emergency floor, renew alone when
+    /// allowed (no deploy follows: the caller skips deploys while the coordinator is down).
+    async fn alone(
+        &self,
+        link: &FleetLink,
+        cert: &ManagedCertificate,
+        opts: CheckOptions,
+    ) -> Result<CheckReport, PassError> {
+        let name = cert.name.as_str();
+        let now = self.clock.now();
+        let local = self.renewer.installed(cert);
+        let floor = local.as_ref().map(|s| {
+            policy::emergency_time(&Lifetime::new(s.not_before, s.not_after), &cert.renew)
+        });
+        let at_floor = floor.is_none_or(|t| t <= now);
+        if at_floor && link.coordinator.settings().emergency_local {
+            tracing::warn!(
+                certificate = %name,
+                "the fleet coordinator (etcd) is unreachable and the shared certificate is at its emergency floor: renewing on this member alone, without cloud deploys"
+            );
+            link.metrics.emergency.with_label_values(&[name]).inc();
+            let mut r = self.renewer.check(cert, opts).await?;
+            r.warnings.push(Warning::new(
+                WarningKind::State,
+                "renewed by this member alone at the emergency floor while the fleet coordinator was unreachable",
+            ));
+            return Ok(r);
+        }
+        let mut r = self.renewer.observe(cert)?;
+        // Wake at the emergency floor, the next thing this member may do alone.
+        r.next_renewal = floor.filter(|t| *t > now);
+        Ok(r)
+    }
+
+    /// per-host: the holder publishes its own certificate as the generation the cloud
+    /// targets get, when none is published or the published one is due.
+    async fn per_host_publish(
+        &self,
+        link: &FleetLink,
+        cert: &ManagedCertificate,
+        report: &CheckReport,
+        took: &mut bool,
+    ) -> Result<(), PassError> {
+        let f = &link.coordinator;
+        let name = cert.name.as_str();
+        let g = f.generation(name);
+        let Some(inst) = &report.installed else {
+            return Ok(());
+        };
+        let due = match &g {
+            None => true,
+            Some(g) => {
+                !g.fingerprint_sha256
+                    .eq_ignore_ascii_case(&inst.fingerprint_sha256)
+                    && lifetime(g).is_none_or(|l| {
+                        l.not_after < inst.not_after
+                            && self
+                                .renewer
+                                .renewal_decision(cert, l.not_before, l.not_after)
+                                .is_ok()
+                    })
+            }
+        };
+        if !due {
+            return Ok(());
+        }
+        if !f.holds(name) {
+            match f.try_lock(name).await {
+                Ok(true) => *took = true,
+                Ok(false) => return Ok(()),
+                Err(e) => return Err(fleet_error(name)(e)),
+            }
+        }
+        self.publish_installed(f, cert, report, g.as_ref()).await?;
+        Ok(())
+    }
+
+    /// The deploy stage of a fleet certificate (see the module doc).
+    async fn fleet_deploy(
+        &self,
+        link: &FleetLink,
+        cert: &ManagedCertificate,
+        spec: &DeploySpec,
+        report: &CheckReport,
+        took: &mut bool,
+    ) -> Result<(), PassError> {
+        let f = &link.coordinator;
+        let name = cert.name.as_str();
+        let fail = |detail: String| PassError::Deploy {
+            name: name.to_owned(),
+            detail,
+        };
+        let Some(g) = f.generation(name) else {
+            return Ok(());
+        };
+        // Only a member that has the generation's certificate can deploy it.
+        let has_it = report.installed.as_ref().is_some_and(|i| {
+            i.fingerprint_sha256
+                .eq_ignore_ascii_case(&g.fingerprint_sha256)
+        });
+        let keys: Vec<String> = spec
+            .targets
+            .iter()
+            .flat_map(deploy::units_of)
+            .map(|u| u.key())
+            .collect();
+        let progress = f.units(name, g.generation);
+        let state_of = |k: &str| progress.get(k).map(|p| p.state);
+        let needs_human: HashSet<String> = keys
+            .iter()
+            .filter(|k| state_of(k) == Some(UnitState::NeedsHuman))
+            .cloned()
+            .collect();
+        link.metrics
+            .needs_human
+            .with_label_values(&[name])
+            .set(i64::try_from(needs_human.len()).unwrap_or(i64::MAX));
+        let open = keys.iter().any(|k| {
+            !matches!(
+                state_of(k),
+                Some(UnitState::Done) | Some(UnitState::NeedsHuman)
+            )
+        });
+        if !open || !has_it {
+            return Ok(());
+        }
+        if !f.holds(name) {
+            match f.try_lock(name).await {
+                Ok(true) => *took = true,
+                Ok(false) => return Ok(()),
+                Err(e) => return Err(fleet_error(name)(e)),
+            }
+        }
+        // Read again now that this member holds the lock: the previous holder's last marks.
+        let progress = f.units(name, g.generation);
+        let now = rfc3339(self.clock.now());
+        let unknown: Vec<(String, UnitProgress)> = keys
+            .iter()
+            .filter(|k| progress.get(*k).is_some_and(|p| p.state == UnitState::Calling))
+            .map(|k| {
+                let was = progress.get(k).map(|p| p.member.clone()).unwrap_or_default();
+                (
+                    k.clone(),
+                    UnitProgress {
+                        state: UnitState::NeedsHuman,
+                        member: f.member_id().to_owned(),
+                        at: now.clone(),
+                        scm_id: progress.get(k).and_then(|p| p.scm_id.clone()),
+                        detail: Some(format!(
+                            "member {was} stopped during this call: SCM's API cannot tell whether it landed; check the target and mark it done or pending"
+                        )),
+                    },
+                )
+            })
+            .collect();
+        let mut held: HashSet<String> = needs_human;
+        if !unknown.is_empty() {
+            f.set_units(name, g.generation, &unknown)
+                .await
+                .map_err(fleet_error(name))?;
+            for (k, p) in &unknown {
+                tracing::error!(
+                    certificate = %name, generation = g.generation, unit = %k,
+                    detail = p.detail.as_deref().unwrap_or_default(),
+                    "a deploy call's outcome is unknown: marked for a human, not called again"
+                );
+                held.insert(k.clone());
+            }
+            link.metrics
+                .needs_human
+                .with_label_values(&[name])
+                .set(i64::try_from(held.len()).unwrap_or(i64::MAX));
+        }
+        // What the fleet has done for this generation counts as done here too.
+        let store = self.renewer.state_dir().deploy_store();
+        let mut st = store.load(name).map_err(|e| fail(e.to_string()))?;
+        let fp = g.fingerprint_sha256.to_ascii_uppercase();
+        let mut primed = false;
+        for (k, p) in &progress {
+            if p.state == UnitState::Done && st.deployed.get(k).is_none_or(|r| r.fingerprint != fp)
+            {
+                st.deployed.insert(
+                    k.clone(),
+                    deploy::DeployedRecord {
+                        fingerprint: fp.clone(),
+                        scm_id: p.scm_id.clone().unwrap_or_default(),
+                    },
+                );
+                primed = true;
+            }
+        }
+        if primed {
+            store.save(name, &st).map_err(|e| fail(e.to_string()))?;
+        }
+        let Some(pem) = self.installed_pem(cert, report).map_err(fail)? else {
+            return Ok(());
+        };
+        let material = match &cert.source {
+            CertificateSource::Pca(_) => deploy::CertMaterial::local(
+                name,
+                pem.cert,
+                pem.chain,
+                crate::cloud::Secret::new(pem.key),
+            ),
+            CertificateSource::Scm(_) => {
+                deploy::CertMaterial::scm(name, g.cloud_id.clone(), pem.cert)
+            }
+        };
+        let gate = FleetGate {
+            f,
+            name,
+            generation: g.generation,
+            held,
+            clock: self.clock.clone(),
+        };
+        let result = deploy::deploy_certificate_gated(
+            &self.client,
+            &store,
+            spec,
+            &material,
+            false,
+            Some(&gate),
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+        for (service, _action, target, outcome) in result.metric_rows() {
+            let label = match outcome {
+                "deployed" => "ok",
+                "failed" => "error",
+                _ => continue,
+            };
+            self.deploy_metrics
+                .with_label_values(&[name, service, &target, label])
+                .inc();
+        }
+        // Units this member had already deployed (its own state) become done for the fleet.
+        let progress = f.units(name, g.generation);
+        let known: Vec<(String, UnitProgress)> = result
+            .outcomes
+            .iter()
+            .filter(|o| o.result == deploy::UnitResult::Unchanged)
+            .map(|o| o.unit.key())
+            .filter(|k| progress.get(k).is_none_or(|p| p.state != UnitState::Done))
+            .map(|k| {
+                (
+                    k,
+                    UnitProgress {
+                        state: UnitState::Done,
+                        member: f.member_id().to_owned(),
+                        at: rfc3339(self.clock.now()),
+                        scm_id: result.scm_certificate_id.clone(),
+                        detail: Some("already deployed by this member".into()),
+                    },
+                )
+            })
+            .collect();
+        f.set_units(name, g.generation, &known)
+            .await
+            .map_err(fleet_error(name))?;
+        if result.is_complete() {
+            Ok(())
+        } else {
+            Err(fail(result.summary()))
+        }
+    }
+
+    /// Writes this member's view of the certificate when it changed.
+    async fn fleet_status(
+        &self,
+        link: &FleetLink,
+        cert: &ManagedCertificate,
+        result: &Result<CheckReport, PassError>,
+    ) {
+        let f = &link.coordinator;
+        let name = cert.name.as_str();
+        let fp = match result {
+            Ok(r) => r.installed.as_ref().map(|i| i.fingerprint_sha256.clone()),
+            Err(_) => self.renewer.installed(cert).map(|i| i.fingerprint_sha256),
+        };
+        let g = f.generation(name);
+        let installed_generation = match (&g, &fp) {
+            (Some(g), Some(fp)) if g.fingerprint_sha256.eq_ignore_ascii_case(fp) => g.generation,
+            _ => 0,
+        };
+        let published = g.as_ref().map_or(0, |g| g.generation);
+        link.metrics
+            .installed_generation
+            .with_label_values(&[name])
+            .set(i64::try_from(installed_generation).unwrap_or(i64::MAX));
+        link.metrics
+            .lag
+            .with_label_values(&[name])
+            .set(i64::try_from(published.saturating_sub(installed_generation)).unwrap_or(i64::MAX));
+        link.observe(&[(cert.name.clone(), cert.fleet)]);
+        if !f.is_up() {
+            return;
+        }
+        let last_result = match result {
+            Ok(r) => r.action.as_str().to_owned(),
+            Err(e) => e.kind().to_string(),
+        };
+        let status = MemberStatus {
+            member: f.member_id().to_owned(),
+            name: name.to_owned(),
+            mode: cert.fleet.as_str().to_owned(),
+            generation: installed_generation,
+            fingerprint_sha256: fp,
+            last_result,
+            last_seen: rfc3339(self.clock.now()),
+        };
+        let unchanged = link
+            .last_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .is_some_and(|s| {
+                s.generation == status.generation
+                    && s.fingerprint_sha256 == status.fingerprint_sha256
+                    && s.last_result == status.last_result
+            });
+        if unchanged {
+            return;
+        }
+        match f.put_status(&status).await {
+            Ok(()) => {
+                link.last_status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.to_owned(), status);
+            }
+            Err(e) => {
+                tracing::debug!(certificate = %name, error = %e, "could not write the fleet status")
+            }
+        }
+    }
+}
+
+/// Fences every billed call of a deploy run through etcd.
+struct FleetGate<'a> {
+    f: &'a Coordinator,
+    name: &'a str,
+    generation: u64,
+    held: HashSet<String>,
+    clock: crate::clock::Clock,
+}
+
+impl FleetGate<'_> {
+    fn progress(&self, state: UnitState, scm_id: &str, detail: Option<String>) -> UnitProgress {
+        UnitProgress {
+            state,
+            member: self.f.member_id().to_owned(),
+            at: rfc3339(self.clock.now()),
+            scm_id: (!scm_id.is_empty()).then(|| scm_id.to_owned()),
+            detail,
+        }
+    }
+}
+
+impl DeployGate for FleetGate<'_> {
+    fn hold(&self, unit_key: &str) -> Option<String> {
+        self.held.contains(unit_key).then(|| {
+            "needs a human: an earlier call's outcome is unknown (see `ccm-agent fleet status`)"
+                .to_owned()
+        })
+    }
+
+    fn before_import(&self) -> GateFuture<'_> {
+        Box::pin(async move {
+            self.f
+                .fenced(self.name, "import into SCM", Vec::new())
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn before_call<'a>(&'a self, unit_keys: &'a [String], scm_id: &'a str) -> GateFuture<'a> {
+        Box::pin(async move {
+            let units: Vec<(String, UnitProgress)> = unit_keys
+                .iter()
+                .map(|k| (k.clone(), self.progress(UnitState::Calling, scm_id, None)))
+                .collect();
+            self.f
+                .set_units(self.name, self.generation, &units)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn after_call<'a>(
+        &'a self,
+        outcomes: &'a [(String, Result<(), String>)],
+        scm_id: &'a str,
+    ) -> GateFuture<'a> {
+        Box::pin(async move {
+            let units: Vec<(String, UnitProgress)> = outcomes
+                .iter()
+                .map(|(k, r)| {
+                    let p = match r {
+                        Ok(()) => self.progress(UnitState::Done, scm_id, None),
+                        Err(m) => self.progress(UnitState::Failed, scm_id, Some(m.clone())),
+                    };
+                    (k.clone(), p)
+                })
+                .collect();
+            self.f
+                .set_units(self.name, self.generation, &units)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}

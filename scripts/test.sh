@@ -12,16 +12,18 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "==> cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "==> no aws-lc-rs or OpenSSL in the dependency tree"
-if cargo tree --locked -e normal | grep -E "aws-lc|openssl-sys"; then
+echo "==> no aws-lc-rs or OpenSSL in the dependency tree (every workspace member)"
+if cargo tree --workspace --locked -e normal | grep -E "aws-lc|openssl-sys"; then
     echo "error: aws-lc-rs or openssl-sys crept into the dependency tree" >&2
     exit 1
 fi
 
 echo "==> cargo test"
-cargo test --locked --all-targets
+cargo test --workspace --locked --all-targets
+# --all-targets leaves out doctests (the crate documentation's examples).
+cargo test --workspace --locked --doc
 
 echo "==> fleet mode (the cargo feature fleet: etcd): clippy, the dependency tree, its tests"
 # Only what the feature changes is built again: the library, the binary and the fleet tests

@@ -1,7 +1,8 @@
 //! ccm-agent: keeps certificates from Huawei Cloud Certificate Manager (CCM) fresh on a host.
 //!
 //! # Layout
-//! - [`cloud`]: the CCM API client (SCM v3, PCA v1, IAM tokens, AK/SK signing).
+//! - [`cloud`]: the CCM API client (SCM v3, PCA v1, IAM tokens, AK/SK signing): the
+//!   `ccm-client` crate of this workspace (`crates/ccm-client`), re-exported under this name.
 //! - [`emulator`]: a local CCM that speaks the same APIs, signs real certificates, and injects
 //!   faults; the peer of every test and the backend of the demo.
 //! - [`agent`]: one pass and its stages (`agent::pass`: plan, obtain, verify, install, activate,
@@ -26,7 +27,7 @@
 
 pub mod agent;
 pub mod clock;
-pub mod cloud;
+pub use ccm_client as cloud;
 pub mod config;
 pub mod deploy;
 pub mod emulator;

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{CrlConfiguration, DistinguishedName, Validity};
-use crate::cloud::time::{epoch_ms_opt, normalize_pem};
-use crate::cloud::{Client, CloudError, Request, Service};
+use crate::time::{epoch_ms_opt, normalize_pem};
+use crate::{Client, CloudError, Request, Service};
 
 /// The collection path of CAs.
 const CAS: &str = "/v1/private-certificate-authorities";
@@ -911,7 +911,7 @@ mod tests {
         assert_eq!(ca.path_length, Some(7));
         assert_eq!(ca.common_name(), "CSR_123");
         assert_eq!(
-            ca.not_after.map(crate::cloud::time::to_epoch_ms),
+            ca.not_after.map(crate::time::to_epoch_ms),
             Some(1_678_159_435_000)
         );
         assert!(ca.delete_time.is_none());

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{DistinguishedName, Validity};
-use crate::cloud::time::{epoch_ms_opt, normalize_pem};
-use crate::cloud::{Client, CloudError, Request, Service};
+use crate::time::{epoch_ms_opt, normalize_pem};
+use crate::{Client, CloudError, Request, Service};
 
 /// The most certificates one list call may return.
 pub const MAX_LIST_LIMIT: u32 = 1000;
@@ -778,7 +778,7 @@ mod tests {
         assert_eq!(c.status, CertificateStatus::Issued);
         assert_eq!(c.common_name(), Some("test.huawei.com"));
         assert_eq!(
-            c.not_after.map(crate::cloud::time::to_epoch_ms),
+            c.not_after.map(crate::time::to_epoch_ms),
             Some(1_665_539_214_000)
         );
         assert!(c.delete_time.is_none());

@@ -1,5 +1,29 @@
-//! The CCM API client: SCM v3 (SSL certificates) and PCA v1 (private CAs and certificates),
-//! authenticated by AK/SK signature or IAM token.
+//! A typed async client for Huawei Cloud Certificate Manager (CCM): SCM v3 (SSL certificates)
+//! and PCA v1 (private CAs and certificates), authenticated by AK/SK signature or IAM token.
+//!
+//! # Example
+//! ```no_run
+//! use ccm_client::scm::ListCertificatesQuery;
+//! use ccm_client::{AkSk, Client, Credentials, Endpoints};
+//!
+//! # async fn example() -> Result<(), ccm_client::CloudError> {
+//! let credentials = Credentials::AkSk(AkSk::new("my-access-key", "my-secret-key"));
+//! let client = Client::builder(Endpoints::for_region("ap-southeast-1")?, credentials).build()?;
+//!
+//! // Every SSL certificate in SCM, page by page.
+//! let certificates = client
+//!     .scm_list_all_certificates(&ListCertificatesQuery::default())
+//!     .await?;
+//! for cert in &certificates {
+//!     println!("{} {} expires {:?}", cert.id, cert.name, cert.expire_time);
+//! }
+//!
+//! // A private CA's certificate and chain, in PEM.
+//! let ca = client.pca_export_ca_certificate("5e1a5b1c-2b47-4bd3-8e4c-4a3c4b7b3f10").await?;
+//! println!("{}", ca.certificate);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! One seam carries every call: build a [`Request`] → sign → send → decode. Operations live in
 //! [`scm`] and [`pca`]; they only describe requests and response types.

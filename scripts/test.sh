@@ -20,6 +20,13 @@ if cargo tree --workspace --locked -e normal | grep -E "aws-lc|openssl-sys"; the
     exit 1
 fi
 
+echo "==> the reference-examples fixture matches the API reference"
+if [ -d ../shared/seeds ]; then
+    python3 scripts/reference_examples.py --check
+else
+    echo "    (no ../shared/seeds here: the checked-in fixture is used as it is)"
+fi
+
 echo "==> cargo test"
 cargo test --workspace --locked --all-targets
 # --all-targets leaves out doctests (the crate documentation's examples).

@@ -20,6 +20,24 @@ if cargo tree --workspace --locked -e normal | grep -E "aws-lc|openssl-sys"; the
     exit 1
 fi
 
+echo "==> no import cycles between top-level modules, in each crate"
+if [ -f ../shared/tools/module_cycles.py ]; then
+    for src in src crates/*/src; do
+        out="$(python3 ../shared/tools/module_cycles.py "$src")"
+        echo "    $src: ${out##*$'\n'}"
+        [ "${out##*$'\n'}" = "module cycles: 0" ] || { echo "$out" >&2; exit 1; }
+    done
+else
+    echo "    (no ../shared/tools here: skipped)"
+fi
+
+echo "==> the reference-examples fixture matches the API reference"
+if [ -d ../shared/seeds ]; then
+    python3 scripts/reference_examples.py --check
+else
+    echo "    (no ../shared/seeds here: the checked-in fixture is used as it is)"
+fi
+
 echo "==> cargo test"
 cargo test --workspace --locked --all-targets
 # --all-targets leaves out doctests (the crate documentation's examples).

@@ -53,7 +53,7 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 pub use auth::{AkSk, Secret};
-pub use error::CloudError;
+pub use error::{CloudError, ErrorBody, NestedError};
 
 /// The default per-request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -731,39 +731,17 @@ fn api_error(
     headers: &reqwest::header::HeaderMap,
     body: &[u8],
 ) -> CloudError {
-    #[derive(serde::Deserialize, Default)]
-    struct ErrorBody {
-        error_code: Option<String>,
-        error_msg: Option<String>,
-        error: Option<NestedError>,
-    }
-    #[derive(serde::Deserialize, Default)]
-    struct NestedError {
-        code: Option<serde_json::Value>,
-        message: Option<String>,
-        title: Option<String>,
-    }
     let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
-    let nested = parsed.error.unwrap_or_default();
-    let code = parsed.error_code.or_else(|| {
-        nested.code.map(|c| match c {
-            serde_json::Value::String(s) => s,
-            other => other.to_string(),
-        })
+    let code = parsed.code();
+    let msg = parsed.message().unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(body);
+        let snippet: String = text.chars().take(200).collect();
+        if snippet.is_empty() {
+            "(no body)".to_owned()
+        } else {
+            snippet
+        }
     });
-    let msg = parsed
-        .error_msg
-        .or(nested.message)
-        .or(nested.title)
-        .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(body);
-            let snippet: String = text.chars().take(200).collect();
-            if snippet.is_empty() {
-                "(no body)".to_owned()
-            } else {
-                snippet
-            }
-        });
     let request_id = headers
         .get("X-Request-Id")
         .and_then(|v| v.to_str().ok())

@@ -21,9 +21,11 @@ use std::time::Duration;
 pub use crate::pki::{
     DistinguishedName, ExtendedKeyUsage, KeyAlgorithm, KeyUsage, SignatureHash, SubjectAltName,
 };
-pub use crate::values::{Problem, Schedule, format_duration, parse_duration, parse_mode};
+pub use crate::values::{
+    Problem, Schedule, SecretSource, format_duration, parse_duration, parse_mode,
+};
 
-use crate::cloud::{AkSk, Credentials, Endpoints, PasswordIdentity, Secret};
+use crate::cloud::{AkSk, Credentials, Endpoints, PasswordIdentity};
 use crate::policy::{self, RenewPoint, RenewPolicy};
 use raw::{RawAuth, RawCertificate, RawConfig, RawOutput, RawPca, RawRenew};
 
@@ -50,8 +52,6 @@ pub const KEY_FILE: &str = "privkey.pem";
 /// sample conventions).
 pub const DEFAULT_ACCESS_KEY_ENV: [&str; 2] = ["CLOUD_SDK_AK", "HUAWEICLOUD_SDK_AK"];
 pub const DEFAULT_SECRET_KEY_ENV: [&str; 2] = ["CLOUD_SDK_SK", "HUAWEICLOUD_SDK_SK"];
-/// Secret files larger than this are refused (a secret is short; a big file is a mistake).
-const MAX_SECRET_FILE: u64 = 64 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -275,79 +275,6 @@ pub struct CloudSettings {
     /// Extra CA certificates (PEM) trusted for the cloud endpoints.
     pub ca_bundle: Option<PathBuf>,
     pub timeout: Duration,
-}
-
-/// Where a secret (or a value kept with secrets) comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SecretSource {
-    /// Written in the file: only for values that are not secret (the access key id).
-    Inline(String),
-    /// The first of these environment variables that is set and not empty.
-    Env(Vec<String>),
-    /// A file, trailing newlines trimmed.
-    File(PathBuf),
-    /// A systemd credential (`LoadCredential=`): `$CREDENTIALS_DIRECTORY/<name>`.
-    Credential(String),
-}
-
-impl SecretSource {
-    /// Read the value. `env` looks up environment variables (tests inject a map). Errors name
-    /// where the value was looked for, never the value.
-    pub fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Secret, String> {
-        match self {
-            SecretSource::Inline(v) => Ok(Secret::new(v.clone())),
-            SecretSource::Env(names) => names
-                .iter()
-                .find_map(|n| env(n).filter(|v| !v.is_empty()))
-                .map(Secret::new)
-                .ok_or_else(|| {
-                    let list: Vec<_> = names.iter().map(|n| format!("${n}")).collect();
-                    format!("not set: {} is unset or empty", list.join(" / "))
-                }),
-            SecretSource::File(path) => read_secret_file(path),
-            SecretSource::Credential(name) => {
-                let dir = env("CREDENTIALS_DIRECTORY")
-                    .filter(|d| !d.is_empty())
-                    .ok_or_else(|| {
-                        format!(
-                            "credential {name:?}: $CREDENTIALS_DIRECTORY is not set (use systemd \
-                         LoadCredential= or an absolute path)"
-                        )
-                    })?;
-                read_secret_file(&Path::new(&dir).join(name))
-            }
-        }
-    }
-}
-
-impl fmt::Display for SecretSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SecretSource::Inline(_) => f.write_str("the configuration file"),
-            SecretSource::Env(names) => {
-                let list: Vec<_> = names.iter().map(|n| format!("${n}")).collect();
-                f.write_str(&list.join(" or "))
-            }
-            SecretSource::File(p) => write!(f, "file {}", p.display()),
-            SecretSource::Credential(n) => write!(f, "systemd credential {n:?}"),
-        }
-    }
-}
-
-fn read_secret_file(path: &Path) -> Result<Secret, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.len() > MAX_SECRET_FILE {
-        return Err(format!(
-            "{}: larger than {MAX_SECRET_FILE} bytes",
-            path.display()
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let value = text.trim_end_matches(['\n', '\r']);
-    if value.is_empty() {
-        return Err(format!("{}: empty", path.display()));
-    }
-    Ok(Secret::new(value))
 }
 
 /// `[cloud.auth]`

@@ -787,11 +787,7 @@ fn not_yet_valid(installed: Option<&CertSummary>, now: OffsetDateTime) -> Option
     })
 }
 
-/// RFC 3339, for messages and the status file.
-pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
-}
+pub(crate) use crate::values::rfc3339;
 
 /// The configuration key a PKCS#12 password source was written as.
 fn password_key(source: &SecretSource) -> &'static str {

@@ -318,6 +318,10 @@ mod procs {
         /// Extra keys of the certificate (renew_before, emergency_before).
         pub renew: &'a str,
         pub lease_ttl: &'a str,
+        /// `shared` or `per-host`.
+        pub fleet: &'a str,
+        /// `apply` or `csr`.
+        pub pca_mode: &'a str,
     }
 
     pub fn config_text(s: &Setup<'_>, dir: &Path, member: &str, metrics_port: u16) -> String {
@@ -351,13 +355,13 @@ timeout = "2s"
 
 [[certificates]]
 name = "www"
-fleet = "shared"
+fleet = "{fleet}"
 {renew}
 [certificates.output]
 dir = "{dir}/live/www"
 [certificates.pca]
 ca_id = "{ca_id}"
-mode = "apply"
+mode = "{pca_mode}"
 subject = {{ common_name = "www.fleet.test" }}
 sans = ["dns:www.fleet.test"]
 validity = {validity}
@@ -383,6 +387,8 @@ regions = ["ap-southeast-1", "cn-north-4"]
             ca_id = s.ca_id,
             validity = s.validity,
             renew = s.renew,
+            fleet = s.fleet,
+            pca_mode = s.pca_mode,
         )
     }
 
@@ -618,6 +624,8 @@ async fn five_agents_one_issuance_one_call_per_target() {
         validity: DAY30,
         renew: "",
         lease_ttl: "3s",
+        fleet: "shared",
+        pca_mode: "apply",
     };
     emu.shared().clear_requests();
     let members: Vec<Proc> = (1..=5)
@@ -751,6 +759,8 @@ async fn sigkill_of_the_lock_holder_mid_deploy_never_repeats_a_call() {
         validity: DAY30,
         renew: "",
         lease_ttl: "3s",
+        fleet: "shared",
+        pca_mode: "apply",
     };
     // The WAF batch push (the second target) hangs for a while.
     emu.shared()
@@ -849,6 +859,8 @@ async fn sigstop_past_the_lease_then_sigcont_is_fenced_off() {
         validity: DAY30,
         renew: "",
         lease_ttl: "3s",
+        fleet: "shared",
+        pca_mode: "apply",
     };
     // The ELB deploy (the first target) is slow.
     emu.shared().add_fault(slow("scm.deploy_certificate", 6000));
@@ -938,6 +950,8 @@ async fn etcd_outage_emergency_renewal_without_deploy_then_convergence() {
         validity: r#"{ type = "HOUR", value = 1 }"#,
         renew: "renew_before = \"59m30s\"\nemergency_before = \"59m\"\njitter = 0.0",
         lease_ttl: "3s",
+        fleet: "shared",
+        pca_mode: "apply",
     };
     let url = etcd.url();
     let members: Vec<Proc> = (1..=3)
@@ -1011,5 +1025,230 @@ async fn etcd_outage_emergency_renewal_without_deploy_then_convergence() {
     assert!(
         calls.values().all(|n| *n <= generations),
         "{calls:?} for {generations} generations"
+    );
+}
+
+/// per-host: each member issues its own certificate (CSR mode: the key stays on its host); the
+/// fleet publishes one of them as the generation the cloud targets get, deployed once per
+/// target. No member lags. `ccm-agent renew` refuses a fleet certificate (it would bypass the
+/// lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_host_members_issue_their_own_and_the_fleet_deploys_once() {
+    let Some(etcd) = Etcd::start() else { return };
+    let (emu, ca_id) = emulator_with_ca().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let setup = Setup {
+        emu: &emu,
+        etcd: &etcd,
+        ca_id: &ca_id,
+        validity: DAY30,
+        renew: "",
+        lease_ttl: "3s",
+        fleet: "per-host",
+        pca_mode: "csr",
+    };
+    let members: Vec<Proc> = (1..=3)
+        .map(|i| Proc::spawn(&setup, root.path(), &format!("member-{i}")))
+        .collect();
+    wait_until(
+        "every member installed and the targets deployed",
+        Duration::from_secs(90),
+        &members,
+        || async { members.iter().all(|m| m.fingerprint().is_some()) && deployed(&etcd, 1).await },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        emu.shared().count_requests("pca.create_certificate_by_csr"),
+        3
+    );
+    assert_eq!(emu.shared().count_requests("pca.create_certificate"), 0);
+    let fps: std::collections::BTreeSet<String> =
+        members.iter().filter_map(|m| m.fingerprint()).collect();
+    assert_eq!(fps.len(), 3, "each member has its own certificate");
+    let s = fleet(&etcd).await;
+    let g = &s.generations["www"];
+    assert_eq!(g.generation, 1);
+    assert!(fps.contains(&g.fingerprint_sha256));
+    let calls = calls_per_target(&emu);
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert!(calls.values().all(|n| *n == 1), "{calls:?}");
+    assert_eq!(emu.shared().count_requests("scm.import_certificate"), 1);
+    let (code, out) = members[0].fleet_status();
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("LAGGING"), "{out}");
+    for m in &members {
+        let metrics = m.metrics().await;
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l == "ccm_agent_fleet_member_lag{name=\"www\"} 0"),
+            "{metrics}"
+        );
+    }
+
+    // `ccm-agent renew` of a fleet certificate, on a host whose daemon is not running.
+    let spare = root.path().join("spare");
+    std::fs::create_dir_all(&spare).expect("dir");
+    let config = spare.join("ccm-agent.toml");
+    std::fs::write(&config, procs::config_text(&setup, &spare, "spare", 1)).expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ccm-agent"))
+        .args(["renew", "--force", "--config"])
+        .arg(&config)
+        .env("CCM_TEST_SK", emu.aksk().secret_key.expose())
+        .output()
+        .expect("renew");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("only the daemon renews and deploys it"),
+        "{text}"
+    );
+    assert_eq!(
+        emu.shared().count_requests("pca.create_certificate_by_csr"),
+        3
+    );
+}
+
+/// The lock holder is SIGKILLed after PCA issued the first generation and before it was
+/// published (its export of the new certificate hangs): the member that takes over finds that
+/// certificate in PCA and publishes it instead of issuing another. One issuance in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_killed_between_issuance_and_publication_costs_no_second_issuance() {
+    let Some(etcd) = Etcd::start() else { return };
+    let (emu, ca_id) = emulator_with_ca().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let setup = Setup {
+        emu: &emu,
+        etcd: &etcd,
+        ca_id: &ca_id,
+        validity: DAY30,
+        renew: "",
+        lease_ttl: "3s",
+        fleet: "shared",
+        pca_mode: "apply",
+    };
+    emu.shared().add_fault(slow("pca.export_certificate", 8000));
+    emu.shared().clear_requests();
+    let mut members: Vec<Proc> = (1..=3)
+        .map(|i| Proc::spawn(&setup, root.path(), &format!("member-{i}")))
+        .collect();
+    let start = std::time::Instant::now();
+    while emu.shared().count_requests("pca.create_certificate") == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no issuance\n{}",
+            logs(&members)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The holder is the one that marked the issuance.
+    let mut holder = None;
+    while holder.is_none() {
+        holder = fleet(&etcd).await.locks.get("www").cloned();
+        assert!(start.elapsed() < Duration::from_secs(60), "no holder");
+    }
+    let holder = holder.expect("holder");
+    members
+        .iter_mut()
+        .find(|m| m.id == holder)
+        .expect("member")
+        .kill();
+    let survivors: Vec<Proc> = members.into_iter().filter(|m| m.id != holder).collect();
+    wait_until(
+        "the survivors to converge",
+        Duration::from_secs(60),
+        &survivors,
+        || async { converged(&etcd, &survivors).await.is_some() && deployed(&etcd, 1).await },
+    )
+    .await;
+    assert_eq!(
+        emu.shared().count_requests("pca.create_certificate"),
+        1,
+        "{}",
+        logs(&survivors)
+    );
+    let s = fleet(&etcd).await;
+    assert_eq!(s.generations["www"].generation, 1);
+    assert!(
+        survivors.iter().any(|m| m
+            .log()
+            .contains("adopting the certificate the previous lock holder issued")),
+        "{}",
+        logs(&survivors)
+    );
+}
+
+/// Generations follow one another (a one-hour certificate due after 10 s; whichever member
+/// wins the lock issues): each generation's SCM copy, whoever imported it, is deleted once the
+/// next one is deployed everywhere, and the progress of old generations is forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superseded_scm_copies_are_deleted_whoever_imported_them() {
+    let Some(etcd) = Etcd::start() else { return };
+    let (emu, ca_id) = emulator_with_ca().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let setup = Setup {
+        emu: &emu,
+        etcd: &etcd,
+        ca_id: &ca_id,
+        validity: r#"{ type = "HOUR", value = 1 }"#,
+        renew: "renew_before = \"59m50s\"\nemergency_before = \"10m\"\njitter = 0.0",
+        lease_ttl: "3s",
+        fleet: "shared",
+        pca_mode: "apply",
+    };
+    let members: Vec<Proc> = (1..=3)
+        .map(|i| Proc::spawn(&setup, root.path(), &format!("member-{i}")))
+        .collect();
+    let copies = || {
+        emu.shared().with_state(|st| {
+            st.scm
+                .certificates()
+                .iter()
+                .filter(|c| c.name == "fleet-www")
+                .count()
+        })
+    };
+    wait_until(
+        "generation 3 deployed",
+        Duration::from_secs(120),
+        &members,
+        || async {
+            let s = fleet(&etcd).await;
+            match s.generations.get("www") {
+                Some(g) if g.generation >= 3 => deployed(&etcd, g.generation).await,
+                _ => false,
+            }
+        },
+    )
+    .await;
+    let s = fleet(&etcd).await;
+    let g = s.generations["www"].generation;
+    // Right after the deploy that completes a generation, its run deletes the older copies.
+    wait_until(
+        "old copies deleted",
+        Duration::from_secs(30),
+        &members,
+        || async {
+            let s = fleet(&etcd).await;
+            let current = s.generations["www"].generation;
+            copies() <= 1 + (current - g) as usize
+                && s.units
+                    .get("www")
+                    .is_some_and(|u| u.keys().all(|k| *k + 1 >= current))
+        },
+    )
+    .await;
+    let imported = emu.shared().count_requests("scm.import_certificate");
+    let deleted = emu.shared().count_requests("scm.delete_certificate");
+    assert!(imported >= 3, "{imported}");
+    assert!(
+        deleted >= 2,
+        "{deleted} deleted of {imported}\n{}",
+        logs(&members)
     );
 }

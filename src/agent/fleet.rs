@@ -308,21 +308,30 @@ impl Agent {
                 && should_install(local.as_ref(), g, g_due)
             {
                 self.renewer
-                    .install_published(cert, &g.cloud_id, &g.fingerprint_sha256)
+                    .install_published(cert, &g.cloud_id, Some(&g.fingerprint_sha256))
                     .await?;
+            }
+            if let Some(report) = self.adopt_interrupted(f, cert, g.as_ref()).await? {
+                return Ok(report);
             }
             // The fence before the billed call: a member that lost the lock stops here.
             f.mark_issuing(name, g.as_ref().map_or(0, |g| g.generation))
                 .await
                 .map_err(fleet_error(name))?;
             let report = self.renewer.check(cert, opts).await?;
-            self.publish_installed(f, cert, &report, g.as_ref()).await?;
+            if self
+                .publish_installed(f, cert, &report, g.as_ref())
+                .await?
+                .is_none()
+            {
+                f.clear_issuing(name).await.map_err(fleet_error(name))?;
+            }
             return Ok(report);
         }
         match &g {
             Some(g) if should_install(local.as_ref(), g, g_due) => Ok(self
                 .renewer
-                .install_published(cert, &g.cloud_id, &g.fingerprint_sha256)
+                .install_published(cert, &g.cloud_id, Some(&g.fingerprint_sha256))
                 .await?),
             Some(_) => Ok(self.renewer.observe(cert)?),
             None => {
@@ -337,6 +346,42 @@ impl Agent {
                 Ok(r)
             }
         }
+    }
+
+    /// The previous holder marked an issuance replacing the current generation and never
+    /// published it (it stopped in between): the certificate it may have issued is looked for
+    /// in PCA first, and adopted and published instead of issuing another. A listing that fails
+    /// fails the pass (issuing blindly could cost a second issuance).
+    async fn adopt_interrupted(
+        &self,
+        f: &Coordinator,
+        cert: &ManagedCertificate,
+        g: Option<&Generation>,
+    ) -> Result<Option<CheckReport>, PassError> {
+        let name = cert.name.as_str();
+        let Some(mark) = f.issuing(name) else {
+            return Ok(None);
+        };
+        if mark.member == f.member_id() || mark.replaces != g.map_or(0, |g| g.generation) {
+            return Ok(None);
+        }
+        let Ok(at) =
+            time::OffsetDateTime::parse(&mark.at, &time::format_description::well_known::Rfc3339)
+        else {
+            return Ok(None);
+        };
+        let known: Vec<&str> = g.map(|g| g.cloud_id.as_str()).into_iter().collect();
+        let Some(id) = self.renewer.find_fleet_issuance(cert, at, &known).await? else {
+            tracing::info!(certificate = %name, previous = %mark.member, "the interrupted issuance of the previous lock holder created nothing");
+            return Ok(None);
+        };
+        tracing::warn!(
+            certificate = %name, previous = %mark.member, cloud_id = %id,
+            "adopting the certificate the previous lock holder issued but did not publish"
+        );
+        let report = self.renewer.install_published(cert, &id, None).await?;
+        self.publish_installed(f, cert, &report, g).await?;
+        Ok(Some(report))
     }
 
     /// Publishes what the report installed as the next generation when it is not the
@@ -566,6 +611,30 @@ impl Agent {
                 primed = true;
             }
         }
+        // The SCM copies of earlier generations, imported by whichever member held the lock
+        // then: superseded by this generation's, deleted by the run once every unit has it.
+        let older: Vec<u64> = f
+            .deploy_generations(name)
+            .into_iter()
+            .filter(|k| *k < g.generation)
+            .collect();
+        if matches!(cert.source, CertificateSource::Pca(_)) {
+            for k in &older {
+                for p in f.units(name, *k).values() {
+                    let Some(id) = &p.scm_id else { continue };
+                    let current = st.scm_copy.as_ref().is_some_and(|c| &c.id == id);
+                    if !current && !st.superseded.iter().any(|c| &c.id == id) {
+                        st.superseded.push(deploy::ScmCopy {
+                            id: id.clone(),
+                            name: spec.scm_name.clone(),
+                            fingerprint: String::new(),
+                            sha1: String::new(),
+                        });
+                        primed = true;
+                    }
+                }
+            }
+        }
         if primed {
             store.save(name, &st).map_err(|e| fail(e.to_string()))?;
         }
@@ -634,6 +703,15 @@ impl Agent {
         f.set_units(name, g.generation, &known)
             .await
             .map_err(fleet_error(name))?;
+        let progress = f.units(name, g.generation);
+        let everywhere = keys
+            .iter()
+            .all(|k| progress.get(k).is_some_and(|p| p.state == UnitState::Done));
+        if everywhere && result.cleanup_failures.is_empty() {
+            f.forget_generations(name, &older)
+                .await
+                .map_err(fleet_error(name))?;
+        }
         if result.is_complete() {
             Ok(())
         } else {
@@ -659,7 +737,12 @@ impl Agent {
             (Some(g), Some(fp)) if g.fingerprint_sha256.eq_ignore_ascii_case(fp) => g.generation,
             _ => 0,
         };
-        let published = g.as_ref().map_or(0, |g| g.generation);
+        // per-host: each member has its own certificate; only the one the targets get is
+        // published, so the others do not lag behind it.
+        let published = match cert.fleet {
+            FleetMode::Shared => g.as_ref().map_or(0, |g| g.generation),
+            _ => installed_generation,
+        };
         link.metrics
             .installed_generation
             .with_label_values(&[name])

@@ -235,6 +235,20 @@ impl Agent {
         if let Some(link) = self.fleet_of(cert) {
             return self.fleet_pass(&link, cert, opts).await;
         }
+        #[cfg(feature = "fleet")]
+        if cert.fleet != crate::fleet::FleetMode::Local && !opts.dry_run {
+            // Without the fleet (`ccm-agent renew`), issuing or deploying here would bypass
+            // the lock and the fence.
+            return Err(PassError::Fleet {
+                name: cert.name.clone(),
+                detail: format!(
+                    "the certificate is {:?} in a fleet: only the daemon renews and deploys it, \
+                     coordinated through etcd (SIGUSR1 makes a running daemon check now; \
+                     `ccm-agent fleet status` shows the fleet)",
+                    cert.fleet.as_str()
+                ),
+            });
+        }
         let report = self.renewer.check(cert, opts).await?;
         if opts.dry_run {
             return Ok(report);

@@ -539,6 +539,48 @@ impl Coordinator {
             .collect()
     }
 
+    /// The generations of `name` that have deploy progress recorded.
+    pub fn deploy_generations(&self, name: &str) -> Vec<u64> {
+        let prefix = format!("{}/certs/{name}/deploy/", self.keys.prefix());
+        let mut out: Vec<u64> = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter_map(|(k, _)| k[prefix.len()..].split('/').next()?.parse().ok())
+            .collect();
+        out.dedup();
+        out
+    }
+
+    /// Forgets the deploy progress of earlier generations once a newer one is deployed
+    /// everywhere and their SCM copies are gone (fenced).
+    pub async fn forget_generations(
+        &self,
+        name: &str,
+        generations: &[u64],
+    ) -> Result<(), FleetError> {
+        if generations.is_empty() {
+            return Ok(());
+        }
+        let ops = generations
+            .iter()
+            .map(|g| {
+                TxnOp::delete(
+                    self.keys.deploys(name, *g),
+                    Some(etcd_client::DeleteOptions::new().with_prefix()),
+                )
+            })
+            .collect();
+        self.fenced(
+            name,
+            "forget the deploy progress of earlier generations",
+            ops,
+        )
+        .await
+    }
+
     /// The holder's issuing mark of `name`.
     pub fn issuing(&self, name: &str) -> Option<Issuing> {
         let key = self.keys.issuing(name);
@@ -653,6 +695,16 @@ impl Coordinator {
             name,
             "mark an issuance",
             vec![TxnOp::put(self.keys.issuing(name), to_json(&mark), None)],
+        )
+        .await
+    }
+
+    /// Removes this member's issuing mark when the renewal issued nothing (fenced).
+    pub async fn clear_issuing(&self, name: &str) -> Result<(), FleetError> {
+        self.fenced(
+            name,
+            "clear the issuing mark",
+            vec![TxnOp::delete(self.keys.issuing(name), None)],
         )
         .await
     }

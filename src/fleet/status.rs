@@ -118,7 +118,16 @@ impl Report {
                     _ => false,
                 };
                 let is_alive = alive.contains(member);
-                let lagging = is_alive && g.is_some() && !matches;
+                // per-host: every member has its own certificate; only shared ones must match.
+                let shared = st.map_or_else(
+                    || {
+                        s.members.iter().any(|m| {
+                            m.member_id == member && m.serves.contains(&format!("{name}:shared"))
+                        })
+                    },
+                    |st| st.mode == "shared",
+                );
+                let lagging = is_alive && shared && g.is_some() && !matches;
                 if lagging {
                     report.lagging.push(format!("{member} ({name})"));
                 }

@@ -11,14 +11,14 @@ use crate::policy::{self, Decision, Lifetime};
 
 impl Renewer {
     /// Exports certificate `cloud_id` (PCA apply-mode export with its key, or SCM export),
-    /// checks that its leaf's SHA-256 is `fingerprint`, verifies it like any candidate and
-    /// installs it, recording it as installed. A fingerprint that differs is an error and
-    /// nothing is written.
+    /// checks that its leaf's SHA-256 is `fingerprint` (when given), verifies it like any
+    /// candidate and installs it, recording it as installed. A fingerprint that differs is an
+    /// error and nothing is written.
     pub async fn install_published(
         &self,
         cert: &ManagedCertificate,
         cloud_id: &str,
-        fingerprint: &str,
+        fingerprint: Option<&str>,
     ) -> Result<CheckReport, RenewError> {
         let slot = self.slot(&cert.name);
         let _guard = slot.lock.lock().await;
@@ -87,7 +87,9 @@ impl Renewer {
             .and_then(|c| c.into_iter().next())
             .map(|c| c.sha256_fingerprint_hex)
             .unwrap_or_default();
-        if !got.eq_ignore_ascii_case(fingerprint) {
+        if let Some(fingerprint) = fingerprint
+            && !got.eq_ignore_ascii_case(fingerprint)
+        {
             return Err(RenewError::Crypto {
                 name: name.to_owned(),
                 detail: format!(
@@ -130,11 +132,63 @@ impl Renewer {
                 event = %crate::logging::Event::Installed,
                 certificate = %name,
                 cloud_id = %cloud_id,
-                fingerprint = %fingerprint,
+                fingerprint = %got,
                 "installed the fleet's certificate"
             );
         }
         Ok(report)
+    }
+
+    /// After a lock holder stopped between an issuance and its publication: the apply-mode
+    /// certificate it issued, if PCA lists one (this CA, the configured common name, issued
+    /// since `since` minus the clock slack, not CSR-generated, not one of `known`); the newest
+    /// when several match. `None` for SCM certificates (an export issues nothing).
+    pub async fn find_fleet_issuance(
+        &self,
+        cert: &ManagedCertificate,
+        since: time::OffsetDateTime,
+        known: &[&str],
+    ) -> Result<Option<String>, RenewError> {
+        use crate::cloud::pca::cert::{
+            CertificateSortKey, CertificateStatus, ListCertificatesQuery, SortDir,
+        };
+        let CertificateSource::Pca(src) = &cert.source else {
+            return Ok(None);
+        };
+        let cn = src.subject.common_name.as_str();
+        let q = ListCertificatesQuery {
+            limit: Some(50),
+            name: Some(cn.chars().take(64).collect()),
+            sort_key: Some(CertificateSortKey::CreateTime),
+            sort_dir: Some(SortDir::Desc),
+            ..ListCertificatesQuery::default()
+        };
+        let list = self
+            .client
+            .list_private_certificates(&q)
+            .await
+            .map_err(|e| {
+                RenewError::cloud(
+                    &cert.name,
+                    "reconcile the fleet's interrupted issuance (GET /v1/private-certificates)",
+                    Some(&src.ca_id),
+                    e,
+                )
+            })?;
+        let since = since - super::pca::RECONCILE_SLACK;
+        Ok(list
+            .certificates
+            .iter()
+            .filter(|c| {
+                c.issuer_id.as_deref() == Some(src.ca_id.as_str())
+                    && c.common_name() == Some(cn)
+                    && c.status == CertificateStatus::Issued
+                    && c.create_time.is_some_and(|t| t >= since)
+                    && c.gen_mode.as_deref() != Some("CSR")
+                    && !known.contains(&c.certificate_id.as_str())
+            })
+            .max_by_key(|c| c.create_time)
+            .map(|c| c.certificate_id.clone()))
     }
 
     /// What is installed, as a report that did nothing: the cloud id the record holds and when

@@ -587,7 +587,9 @@ domain_id = "abc123"
     assert_eq!(aksk.access_key, "AKINLINE");
     assert_eq!(aksk.secret_key.expose(), "file-secret");
     assert_eq!(
-        aksk.security_token.as_ref().map(crate::cloud::Secret::expose),
+        aksk.security_token
+            .as_ref()
+            .map(crate::cloud::Secret::expose),
         Some("tok")
     );
     assert_eq!(aksk.domain_id.as_deref(), Some("abc123"));

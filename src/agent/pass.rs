@@ -141,7 +141,22 @@ impl Agent {
             let semaphore = semaphore.clone();
             tasks.spawn(async move {
                 let _permit = semaphore.acquire_owned().await;
-                let result = agent.pass(&cert, opts).await;
+                let mut result = agent.pass(&cert, opts).await;
+                // Recorded as each certificate finishes: the parsed certificate and the
+                // installed set go as soon as the metrics have them, not at the pass's end.
+                match &mut result {
+                    Ok(report) => {
+                        if !opts.dry_run {
+                            agent.record_ok(report);
+                        }
+                        report.release_parsed();
+                    }
+                    Err(e) => {
+                        if !opts.dry_run {
+                            agent.record_failure(&cert, e);
+                        }
+                    }
+                }
                 (i, result)
             });
         }
@@ -168,16 +183,8 @@ impl Agent {
                         (a, b) => a.or(b),
                     };
                     summary.warnings += report.warnings.len();
-                    if !opts.dry_run {
-                        self.record_ok(report);
-                    }
                 }
-                Err(e) => {
-                    summary.failed += 1;
-                    if !opts.dry_run {
-                        self.record_failure(cert, e);
-                    }
-                }
+                Err(_) => summary.failed += 1,
             }
             out.push((cert.clone(), result));
         }
@@ -457,11 +464,13 @@ impl Agent {
     fn export_installed(&self, name: &str, source: &str, installed: Option<&CertSummary>) {
         if let Some(installed) = installed {
             self.metrics.set_read_error(name, false);
-            self.metrics.set_certificate(
-                name,
-                source,
-                &CertificateFacts::from_cert(&installed.info, Some(&installed.cert_path)),
-            );
+            if let Some(info) = installed.info.as_deref() {
+                self.metrics.set_certificate(
+                    name,
+                    source,
+                    &CertificateFacts::from_cert(info, Some(&installed.cert_path)),
+                );
+            }
         }
         self.metrics.set_cert_ready(name, installed.is_some());
     }

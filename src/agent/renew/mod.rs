@@ -204,8 +204,10 @@ pub struct CertSummary {
     pub not_after: OffsetDateTime,
     pub cert_path: PathBuf,
     /// The whole certificate as parsed from `cert_path` when the check read it: what the
-    /// metrics export, without reading the file again.
-    pub info: Box<pki::CertInfo>,
+    /// metrics export, without reading the file again. Released once the pass has recorded it
+    /// ([`CheckReport::release_parsed`]), so that a pass over 10,000 certificates does not hold
+    /// 10,000 parsed certificates until its end.
+    pub info: Option<Box<pki::CertInfo>>,
 }
 
 /// The outcome of one check.
@@ -256,6 +258,14 @@ impl InstalledSet {
 }
 
 impl CheckReport {
+    /// Drops what only the stages of the pass needed (the parsed certificate and the installed
+    /// set with its key), keeping what the report says. Called once the outcome is recorded.
+    pub fn release_parsed(&mut self) {
+        if let Some(installed) = &mut self.installed {
+            installed.info = None;
+        }
+        self.installed_set = None;
+    }
     fn new(name: &str, source: &'static str) -> Self {
         CheckReport {
             name: name.to_string(),
@@ -737,7 +747,7 @@ impl CertSummary {
             not_before: info.not_before,
             not_after: info.not_after,
             cert_path,
-            info: Box::new(info.clone()),
+            info: Some(Box::new(info.clone())),
         }
     }
 }

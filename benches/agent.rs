@@ -309,7 +309,7 @@ fn seed_pca_one(
     let cn = format!("{name}.bench.internal");
     let (nb, na) = window(due, shared.now());
     let params = IssueParams {
-        subject: ccm_agent::cloud::pca::DistinguishedName {
+        subject: ccm_agent::emulator::wire::DistinguishedName {
             common_name: Some(cn.clone()),
             ..Default::default()
         },

@@ -152,6 +152,10 @@ grep -q 'adduser --system --group' "$c/postinst" || die "postinst does not creat
 grep -q 'chgrp ccm-agent' "$c/postinst" || die "postinst does not give the configuration to the ccm-agent group"
 grep -q 'install -d -o ccm-agent -g ccm-agent -m 0750 /var/lib/ccm-agent' "$c/postinst" ||
     die "postinst does not create /var/lib/ccm-agent 0750"
+grep -q 'install -d -o root -g ccm-agent -m 0750 /etc/ccm-agent/conf.d' "$c/postinst" ||
+    die "postinst does not create the drop-in directory /etc/ccm-agent/conf.d"
+grep -q 'include = \["/etc/ccm-agent/conf.d/\*.toml"\]' packaging/debian/ccm-agent.toml ||
+    die "the packaged configuration does not include /etc/ccm-agent/conf.d/*.toml"
 grep -q 'deb-systemd-helper' "$c/postinst" || die "postinst lacks the systemd unit handling"
 grep -q 'deb-systemd-helper purge' "$c/postrm" && grep -q 'rm -rf /var/lib/ccm-agent' "$c/postrm" ||
     die "postrm does not purge the unit state and /var/lib/ccm-agent"
@@ -194,6 +198,7 @@ if [ -n "${SHIP_INSTALL_TEST:-}" ]; then
     expect_mode 'drwxr-x--- ccm-agent:ccm-agent' /var/lib/ccm-agent
     expect_mode 'drwxr-xr-x ccm-agent:ccm-agent' /etc/ccm-agent/live
     expect_mode 'drwx------ root:root' /etc/ccm-agent/credentials
+    expect_mode 'drwxr-x--- root:ccm-agent' /etc/ccm-agent/conf.d
     /usr/bin/ccm-agent check --config /etc/ccm-agent/ccm-agent.toml
     dpkg -i "$DEB"   # upgrade path: configure again
     expect_mode '-rw-r----- root:ccm-agent' /etc/ccm-agent/ccm-agent.toml

@@ -12,16 +12,36 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "==> cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "==> no aws-lc-rs or OpenSSL in the dependency tree"
-if cargo tree --locked -e normal | grep -E "aws-lc|openssl-sys"; then
+echo "==> no aws-lc-rs or OpenSSL in the dependency tree (every workspace member)"
+if cargo tree --workspace --locked -e normal | grep -E "aws-lc|openssl-sys"; then
     echo "error: aws-lc-rs or openssl-sys crept into the dependency tree" >&2
     exit 1
 fi
 
+echo "==> no import cycles between top-level modules, in each crate"
+if [ -f ../shared/tools/module_cycles.py ]; then
+    for src in src crates/*/src; do
+        out="$(python3 ../shared/tools/module_cycles.py "$src")"
+        echo "    $src: ${out##*$'\n'}"
+        [ "${out##*$'\n'}" = "module cycles: 0" ] || { echo "$out" >&2; exit 1; }
+    done
+else
+    echo "    (no ../shared/tools here: skipped)"
+fi
+
+echo "==> the reference-examples fixture matches the API reference"
+if [ -d ../shared/seeds ]; then
+    python3 scripts/reference_examples.py --check
+else
+    echo "    (no ../shared/seeds here: the checked-in fixture is used as it is)"
+fi
+
 echo "==> cargo test"
-cargo test --locked --all-targets
+cargo test --workspace --locked --all-targets
+# --all-targets leaves out doctests (the crate documentation's examples).
+cargo test --workspace --locked --doc
 
 echo "==> fleet mode (the cargo feature fleet: etcd): clippy, the dependency tree, its tests"
 # Lints of every target with the feature (checked, not built); then only what the feature

@@ -95,6 +95,34 @@ impl fmt::Debug for FileAttrs {
     }
 }
 
+/// A file's identity and version as `stat` gives them: device, inode, size, and the
+/// modification and status-change times in nanoseconds. A rename onto the path, a write, a
+/// truncation, a chmod or a chown all change it; reading does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl FileStamp {
+    /// The stamp of `path` (following symlinks), or `None` when it cannot be read (missing,
+    /// unreadable): a missing file is a state of its own.
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        let m = fs::metadata(path).ok()?;
+        let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+        Some(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
 /// The temp file used for `target`: hidden, in the same directory (so the rename is atomic and
 /// stays on one filesystem), and with a fixed name so a crash leaves at most one behind, which
 /// recovery and the next write remove.

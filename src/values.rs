@@ -1,9 +1,11 @@
 //! Small value types shared by the configuration and the modules whose settings it validates
 //! (reload, deploy): durations ("30d", "1h30m"), file modes ("0600"), cron schedules (validated
-//! with the parser tokio-cron-scheduler 0.15 uses), and the [`Problem`] a validation reports.
-//! A leaf: it imports no other module of the crate.
+//! with the parser tokio-cron-scheduler 0.15 uses), where a secret comes from
+//! ([`SecretSource`]), RFC 3339 text, and the [`Problem`] a validation reports. A leaf: it
+//! imports no other module of the crate (only the client crate's `Secret`).
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -191,6 +193,91 @@ fn parser() -> croner::parser::CronParser {
         .seconds(croner::parser::Seconds::Required)
         .dom_and_dow(true)
         .build()
+}
+
+/// Secret files larger than this are refused (a secret is short; a big file is a mistake).
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Where a secret (or a value kept with secrets) comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// Written in the file: only for values that are not secret (the access key id).
+    Inline(String),
+    /// The first of these environment variables that is set and not empty.
+    Env(Vec<String>),
+    /// A file, trailing newlines trimmed.
+    File(PathBuf),
+    /// A systemd credential (`LoadCredential=`): `$CREDENTIALS_DIRECTORY/<name>`.
+    Credential(String),
+}
+
+impl SecretSource {
+    /// Read the value. `env` looks up environment variables (tests inject a map). Errors name
+    /// where the value was looked for, never the value.
+    pub fn resolve(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ccm_client::Secret, String> {
+        match self {
+            SecretSource::Inline(v) => Ok(ccm_client::Secret::new(v.clone())),
+            SecretSource::Env(names) => names
+                .iter()
+                .find_map(|n| env(n).filter(|v| !v.is_empty()))
+                .map(ccm_client::Secret::new)
+                .ok_or_else(|| {
+                    let list: Vec<_> = names.iter().map(|n| format!("${n}")).collect();
+                    format!("not set: {} is unset or empty", list.join(" / "))
+                }),
+            SecretSource::File(path) => read_secret_file(path),
+            SecretSource::Credential(name) => {
+                let dir = env("CREDENTIALS_DIRECTORY")
+                    .filter(|d| !d.is_empty())
+                    .ok_or_else(|| {
+                        format!(
+                            "credential {name:?}: $CREDENTIALS_DIRECTORY is not set (use systemd \
+                         LoadCredential= or an absolute path)"
+                        )
+                    })?;
+                read_secret_file(&Path::new(&dir).join(name))
+            }
+        }
+    }
+}
+
+impl fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Inline(_) => f.write_str("the configuration file"),
+            SecretSource::Env(names) => {
+                let list: Vec<_> = names.iter().map(|n| format!("${n}")).collect();
+                f.write_str(&list.join(" or "))
+            }
+            SecretSource::File(p) => write!(f, "file {}", p.display()),
+            SecretSource::Credential(n) => write!(f, "systemd credential {n:?}"),
+        }
+    }
+}
+
+fn read_secret_file(path: &Path) -> Result<ccm_client::Secret, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.len() > MAX_SECRET_FILE {
+        return Err(format!(
+            "{}: larger than {MAX_SECRET_FILE} bytes",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let value = text.trim_end_matches(['\n', '\r']);
+    if value.is_empty() {
+        return Err(format!("{}: empty", path.display()));
+    }
+    Ok(ccm_client::Secret::new(value))
+}
+
+/// RFC 3339, for messages, the status file and what is published to the fleet.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 #[cfg(test)]

@@ -584,6 +584,166 @@ async fn a_deleted_key_is_restored_within_seconds_without_the_cloud() {
         .expect("stops");
 }
 
+/// The watcher sees the agent's own writes too: restoring a deleted key is one pass, not a
+/// second one set off by the restore's own rename (issue "Cheaper passes"). A change by someone
+/// else after that still starts a pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_own_writes_start_no_second_pass() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let (emu, ca_id) = emulator_with_ca().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    // Hourly: only the file watcher starts passes within the test.
+    let text = config_text(dir.path(), &emu, &ca_id, &addr, "0 0 * * * *");
+    let config = Arc::new(Config::from_str(&text, "test.toml").expect("config"));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let shared = emu.shared().clone();
+    let passes = Arc::new(AtomicU64::new(0));
+    let run = tokio::spawn(daemon::run(
+        config,
+        Credentials::AkSk(emu.aksk()),
+        RunOptions {
+            clock: Clock::from_fn(move || shared.now()),
+            metrics_listener: Some(listener),
+            shutdown: shutdown.clone(),
+            on_cycle: Some(Box::new({
+                let passes = passes.clone();
+                move |_| {
+                    passes.fetch_add(1, Ordering::SeqCst);
+                }
+            })),
+            notifier: ccm_agent::systemd::Notifier::disabled(),
+            reload_config: None,
+            config_path: None,
+        },
+    ));
+    wait_ready(&addr).await;
+    assert_eq!(passes.load(Ordering::SeqCst), 1, "the startup pass");
+    let key = dir.path().join("live/web/privkey.pem");
+    let original = std::fs::read(&key).expect("key installed");
+
+    // Deleted: one pass restores it; the restore's own events start nothing more.
+    std::fs::remove_file(&key).expect("delete key");
+    let k = key.clone();
+    wait_for("key restored", Duration::from_secs(30), || {
+        std::fs::read(&k).is_ok_and(|b| b == original)
+    })
+    .await;
+    wait_for("the restoring pass ends", Duration::from_secs(30), || {
+        passes.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    // Longer than the watcher's 300 ms settling time, several times over.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        passes.load(Ordering::SeqCst),
+        2,
+        "the restore's own rename started another pass"
+    );
+
+    // Someone else's write is still noticed (and undone).
+    std::fs::write(&key, b"not a key").expect("overwrite");
+    wait_for("overwritten key restored", Duration::from_secs(30), || {
+        std::fs::read(&k).is_ok_and(|b| b == original)
+    })
+    .await;
+    wait_for("the third pass ends", Duration::from_secs(30), || {
+        passes.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(passes.load(Ordering::SeqCst), 3);
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("stops");
+}
+
+/// Drop-ins: a certificate added as `conf.d/api.toml` to a running daemon is picked up (the
+/// include directory is watched like the configuration file) and installed; a broken drop-in is
+/// rejected with its file and key named, and the running configuration stays.
+#[test]
+fn a_drop_in_added_to_a_running_daemon_is_managed() {
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let (emu, ca_id) = rt.block_on(emulator_with_ca());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = config_text(dir.path(), &emu, &ca_id, "127.0.0.1:0", "0 0 * * * *");
+    let split = full
+        .find("[[certificates]]\nname = \"api\"")
+        .expect("api entry");
+    let (main, api) = full.split_at(split);
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, format!("include = [\"conf.d/*.toml\"]\n{main}")).expect("config");
+    let conf_d = dir.path().join("conf.d");
+    std::fs::create_dir(&conf_d).expect("conf.d");
+    let log = dir.path().join("agent.log");
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("CCM_TEST_SK", ccm_agent::emulator::DEFAULT_SECRET_KEY)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn agent");
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !f() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let live = dir.path().join("live");
+    // Ready (after the startup check, once the watcher runs): /readyz answers 200.
+    let ready = || {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let Some(at) = log.find("address=") else {
+            return false;
+        };
+        let addr: String = log[at + 8..]
+            .chars()
+            .take_while(|c| !c.is_whitespace())
+            .collect();
+        rt.block_on(reqwest::get(format!("http://{addr}/readyz")))
+            .is_ok_and(|r| r.status() == 200)
+    };
+    wait("ready", &ready);
+    assert!(live.join("web/cert.pem").exists());
+    assert!(!live.join("api").exists());
+
+    // Written as configuration management does: a temp file, renamed into place.
+    std::fs::write(conf_d.join(".api.toml.tmp"), api).expect("drop-in");
+    std::fs::rename(conf_d.join(".api.toml.tmp"), conf_d.join("api.toml")).expect("rename");
+    wait("api installed from the drop-in", &|| {
+        live.join("api/cert.pem").exists()
+    });
+
+    std::fs::write(
+        conf_d.join("bad.toml"),
+        "[[certificates]]\nname = \"bad\"\n[certificates.pca]\nsans = [\"dns:bad.internal\"]\n",
+    )
+    .expect("bad drop-in");
+    let bad = conf_d.join("bad.toml").display().to_string();
+    wait("the broken drop-in rejected", &|| {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains(&format!("{bad}: certificates[0].pca.ca_id")))
+    });
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "still running"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(emu);
+}
+
 /// `check --online`, `renew --dry-run`, `renew`, and `status --json`, as an operator runs them.
 #[test]
 fn cli_check_online_renew_dry_run_and_status() {

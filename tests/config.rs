@@ -289,3 +289,137 @@ fn an_error_in_a_huge_line_prints_a_bounded_message() {
         );
     }
 }
+
+/// Drop-ins: `include` patterns add the `[[certificates]]` of each matching file, in name order,
+/// relative to the main file; hidden files and other extensions are skipped.
+#[test]
+fn drop_ins_add_certificates_in_name_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let conf_d = d.join("conf.d");
+    std::fs::create_dir(&conf_d).expect("conf.d");
+    let cert = |name: &str| {
+        format!(
+            "[[certificates]]\nname = \"{name}\"\n[certificates.pca]\n\
+             ca_id = \"2cb2878b-6cd1-460d-bd25-afe655159bdc\"\nsans = [\"dns:{name}.internal\"]\n\
+             validity = {{ type = \"DAY\", value = 30 }}\n"
+        )
+    };
+    std::fs::write(conf_d.join("20-b.toml"), cert("b")).expect("b");
+    std::fs::write(conf_d.join("10-a.toml"), cert("a")).expect("a");
+    std::fs::write(conf_d.join(".30-c.toml.swp"), cert("hidden")).expect("hidden");
+    std::fs::write(conf_d.join("40-d.toml.dpkg-old"), cert("old")).expect("old");
+    let main = format!(
+        "include = [\"conf.d/*.toml\", \"{}\"]\n[cloud]\nregion = \"ap-southeast-1\"\n\
+         [cloud.auth]\naccess_key = \"AK\"\nsecret_key_env = \"SK\"\n\
+         [defaults.output]\nbase_dir = \"{}/live\"\n{}",
+        d.join("extra.toml").display(),
+        d.display(),
+        cert("main")
+    );
+    std::fs::write(d.join("extra.toml"), cert("extra")).expect("extra");
+    std::fs::write(d.join("agent.toml"), main).expect("main");
+    let c = Config::load(&d.join("agent.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = c.certificates.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["main", "a", "b", "extra"]);
+    assert_eq!(c.include_dirs, [conf_d, d.to_path_buf()]);
+
+    // Without the directory, a wildcard adds nothing; a named file must exist.
+    std::fs::remove_dir_all(d.join("conf.d")).expect("rm conf.d");
+    let c = Config::load(&d.join("agent.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.certificates.len(), 2);
+    std::fs::remove_file(d.join("extra.toml")).expect("rm extra");
+    let e = Config::load(&d.join("agent.toml")).expect_err("missing named drop-in");
+    assert!(
+        e.to_string().contains("include[1]") && e.to_string().contains("extra.toml: no such file"),
+        "{e}"
+    );
+}
+
+/// Every error in a drop-in names the drop-in and the key inside it.
+#[test]
+fn drop_in_errors_name_the_file_and_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let conf_d = d.join("conf.d");
+    std::fs::create_dir(&conf_d).expect("conf.d");
+    std::fs::write(
+        d.join("agent.toml"),
+        format!(
+            "include = [\"{}/*.toml\"]\n[cloud]\nregion = \"ap-southeast-1\"\n\
+             [cloud.auth]\naccess_key = \"AK\"\nsecret_key_env = \"SK\"\n\
+             [defaults.output]\nbase_dir = \"{}/live\"\n",
+            conf_d.display(),
+            d.display()
+        ),
+    )
+    .expect("main");
+    let load = || {
+        Config::load(&d.join("agent.toml"))
+            .expect_err("invalid")
+            .to_string()
+    };
+    let web = conf_d.join("web.toml").display().to_string();
+
+    // A validation error: the file, then the key within it.
+    std::fs::write(
+        conf_d.join("web.toml"),
+        "[[certificates]]\nname = \"web\"\n[certificates.pca]\nsans = [\"dns:web.internal\"]\n\
+         validity = { type = \"DAY\", value = 30 }\n",
+    )
+    .expect("web");
+    let e = load();
+    assert!(
+        e.contains(&format!("{web}: certificates[0].pca.ca_id: missing")),
+        "{e}"
+    );
+
+    // The same name in two drop-ins: both are named.
+    let ok = "[[certificates]]\nname = \"web\"\n[certificates.pca]\n\
+              ca_id = \"2cb2878b-6cd1-460d-bd25-afe655159bdc\"\nsans = [\"dns:web.internal\"]\n\
+              validity = { type = \"DAY\", value = 30 }\n";
+    std::fs::write(conf_d.join("web.toml"), ok).expect("web");
+    std::fs::write(
+        conf_d.join("zz.toml"),
+        ok.replace("dns:web.internal", "dns:zz.internal"),
+    )
+    .expect("zz");
+    let e = load();
+    let zz = conf_d.join("zz.toml").display().to_string();
+    assert!(
+        e.contains(&format!("{zz}: certificates[0].name"))
+            && e.contains(&format!("already the name of {web}: certificates[0]")),
+        "{e}"
+    );
+    std::fs::remove_file(conf_d.join("zz.toml")).expect("rm zz");
+
+    // A syntax error: the drop-in's own line and column; a secret on that line is not echoed.
+    std::fs::write(
+        conf_d.join("bad.toml"),
+        "[[certificates]]\nname = \"bad\"\npassword = \"TopSecret\n",
+    )
+    .expect("bad");
+    let e = load();
+    let bad = conf_d.join("bad.toml").display().to_string();
+    assert!(e.contains(&bad) && e.contains("line 3"), "{e}");
+    assert!(!e.contains("TopSecret"), "{e}");
+
+    // A drop-in holds certificates only.
+    std::fs::write(conf_d.join("bad.toml"), "[agent]\nconcurrency = 2\n").expect("bad");
+    let e = load();
+    assert!(e.contains(&bad) && e.contains("agent"), "{e}");
+    std::fs::remove_file(conf_d.join("bad.toml")).expect("rm bad");
+
+    // Wildcards only in the file name.
+    std::fs::write(
+        d.join("agent.toml"),
+        "include = [\"/etc/*/conf.d/*.toml\"]\n[cloud]\nregion = \"ap-southeast-1\"\n\
+         [cloud.auth]\naccess_key = \"AK\"\nsecret_key_env = \"SK\"\n",
+    )
+    .expect("main");
+    let e = load();
+    assert!(
+        e.contains("include[0]") && e.contains("only the file name"),
+        "{e}"
+    );
+}

@@ -529,14 +529,19 @@ async fn scm_by_name_installs_the_newest_valid_reexports_a_newer_one_and_warns_w
 
     // The batched pass: one listing serves the following check.
     let lists = e.shared.count_requests("scm.list_certificates");
-    let cands = e.renewer.scm_candidates(&[&cert], 4).await.unwrap();
+    let cands = e
+        .renewer
+        .scm_candidates(&[&cert], 4, ccm_agent::config::DEFAULT_FULL_CHECK_EVERY)
+        .await
+        .unwrap();
     assert!(
         cands
             .matching(&ccm_agent::config::ScmSelector::Name("app-cert".into()))
             .len()
             >= 3
     );
-    assert_eq!(e.shared.count_requests("scm.list_certificates"), lists + 1);
+    // The change-detection page, then the listing (one page: a small account).
+    assert_eq!(e.shared.count_requests("scm.list_certificates"), lists + 2);
     let r = e
         .renewer
         .check(&cert, CheckOptions::default())
@@ -545,7 +550,7 @@ async fn scm_by_name_installs_the_newest_valid_reexports_a_newer_one_and_warns_w
     assert_eq!(r.action, Action::None);
     assert_eq!(
         e.shared.count_requests("scm.list_certificates"),
-        lists + 1,
+        lists + 2,
         "the check used the pass"
     );
     e.renewer
@@ -554,7 +559,7 @@ async fn scm_by_name_installs_the_newest_valid_reexports_a_newer_one_and_warns_w
         .unwrap();
     assert_eq!(
         e.shared.count_requests("scm.list_certificates"),
-        lists + 2,
+        lists + 3,
         "a pass serves each certificate once"
     );
 }
@@ -1732,10 +1737,12 @@ async fn a_large_scm_account_is_listed_per_name_and_serves_every_check() {
         .collect();
     let refs: Vec<&ManagedCertificate> = certs.iter().collect();
     let lists = e.shared.count_requests("scm.list_certificates");
-    let pass = e.renewer.scm_candidates(&refs, 4).await.unwrap();
+    let full = ccm_agent::config::DEFAULT_FULL_CHECK_EVERY;
+    let pass = e.renewer.scm_candidates(&refs, 4, full).await.unwrap();
     let listed = e.shared.count_requests("scm.list_certificates") - lists;
-    // Three pages of the whole account (offset 0, 50, 100), then one listing per name.
-    assert_eq!(listed, 3 + certs.len(), "{listed} listings");
+    // The change-detection page, three pages of the whole account (offset 0, 50, 100), then one
+    // listing per name.
+    assert_eq!(listed, 1 + 3 + certs.len(), "{listed} listings");
     for i in [3, 77, 150, 159] {
         let hits = pass.matching(&ccm_agent::config::ScmSelector::Name(format!("bulk-{i}")));
         assert_eq!(hits.len(), 1, "bulk-{i}");
@@ -1758,6 +1765,120 @@ async fn a_large_scm_account_is_listed_per_name_and_serves_every_check() {
         listed,
         "the checks used the pass"
     );
+}
+
+/// Between full listings a pass reads one page of recent changes: with nothing new, one request
+/// however large the account; a certificate imported since is found in that page and
+/// re-exported; after `full_check_every` the pass lists in full again.
+#[tokio::test]
+async fn later_passes_read_only_what_changed_in_scm() {
+    let e = env().await;
+    let now = e.shared.now();
+    let ca = ccm_agent::emulator::scm::demo_ca(now).unwrap();
+    let shared = e.shared.clone();
+    let ca2 = ca.clone();
+    let leaf = move |shared: &ccm_agent::emulator::Shared, i: usize, days: i64| {
+        let now = shared.now();
+        let (cert, key) = ccm_agent::emulator::scm::demo_leaf(
+            &ca2,
+            &format!("delta{i}.example.com"),
+            &[],
+            now - time::Duration::days(1),
+            now + time::Duration::days(days),
+        )
+        .unwrap();
+        ccm_agent::emulator::scm::import_certificate(
+            shared,
+            &format!("delta-{i}"),
+            &cert,
+            Some(&ca2.0),
+            &key,
+        )
+        .unwrap()
+    };
+    let leaf2 = leaf.clone();
+    tokio::task::spawn_blocking(move || {
+        for i in 0..160 {
+            leaf2(&shared, i, 200);
+        }
+    })
+    .await
+    .unwrap();
+    let certs: Vec<ManagedCertificate> = [5, 120]
+        .iter()
+        .map(|i| {
+            parse_config(&format!(
+                "[[certificates]]\nname = \"d{i}\"\n[certificates.scm]\nname = \"delta-{i}\"\n\
+                 [certificates.output]\ndir = \"{}/d{i}\"\n",
+                e.out.display()
+            ))
+        })
+        .collect();
+    let refs: Vec<&ManagedCertificate> = certs.iter().collect();
+    let full = std::time::Duration::from_secs(3600);
+    let lists = || e.shared.count_requests("scm.list_certificates");
+    let pass = |expected_requests: usize, what: &'static str| {
+        let refs = refs.clone();
+        let e = &e;
+        async move {
+            let before = lists();
+            let data = e.renewer.scm_candidates(&refs, 4, full).await.unwrap();
+            let mut reports = Vec::new();
+            for c in &refs {
+                reports.push(e.renewer.check(c, CheckOptions::default()).await.unwrap());
+            }
+            assert_eq!(lists() - before, expected_requests, "{what}");
+            (data, reports)
+        }
+    };
+    // Startup: the change page, three pages of the account, one listing per name.
+    pass(1 + 3 + 2, "the full listing").await;
+    let installed = std::fs::read(e.out.join("d5/cert.pem")).unwrap();
+
+    // Nothing changed: one request.
+    e.shared.advance_clock(time::Duration::minutes(1));
+    pass(1, "a pass with nothing new").await;
+    assert_eq!(std::fs::read(e.out.join("d5/cert.pem")).unwrap(), installed);
+
+    // A newer delta-5 imported, and an unrelated certificate: one request; delta-5 re-exported.
+    e.shared.advance_clock(time::Duration::minutes(1));
+    let shared = e.shared.clone();
+    let leaf3 = leaf.clone();
+    let newer = tokio::task::spawn_blocking(move || {
+        leaf3(&shared, 999, 300);
+        leaf3(&shared, 5, 400)
+    })
+    .await
+    .unwrap();
+    let (data, reports) = pass(1, "a pass after two imports").await;
+    let hits = data.matching(&ccm_agent::config::ScmSelector::Name("delta-5".into()));
+    assert!(hits.iter().any(|c| c.id == newer), "{hits:?}");
+    assert_eq!(
+        reports[0].action,
+        Action::Reexported {
+            cloud_id: newer.clone()
+        }
+    );
+    assert!(!reports[1].install_changed, "d120 did not change");
+    assert_ne!(std::fs::read(e.out.join("d5/cert.pem")).unwrap(), installed);
+
+    // More changes than one page shows: a full listing.
+    e.shared.advance_clock(time::Duration::minutes(1));
+    let shared = e.shared.clone();
+    let leaf4 = leaf.clone();
+    tokio::task::spawn_blocking(move || {
+        for i in 1000..1060 {
+            leaf4(&shared, i, 200);
+        }
+    })
+    .await
+    .unwrap();
+    pass(1 + 1 + 3 + 2, "a pass after 60 imports lists in full").await;
+
+    // After full_check_every: a full listing again, then one request.
+    e.shared.advance_clock(time::Duration::hours(2));
+    pass(1 + 3 + 2, "the daily full listing").await;
+    pass(1, "then one request again").await;
 }
 
 /// A certificate that is not valid yet by this host's clock (the host's clock behind the CA's)

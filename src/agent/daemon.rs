@@ -304,13 +304,75 @@ pub struct RunOptions {
 
 /// Why the file watcher woke the loop.
 enum Watched {
-    Outputs,
+    Output(PathBuf),
     Config,
 }
 
+/// What the output files looked like when the agent last knew them: taken of every output
+/// before a pass, and again after the pass for the certificates whose files the pass itself
+/// changed (an install, a restore, a rollback), but only for a file whose content is still what
+/// the install wrote (the last good version): someone may have changed it since, while the pass
+/// went on. A watch event on a file whose stamp still matches is the echo of the agent's own
+/// write and starts no pass; any other change, or a file not known, does.
+#[derive(Default)]
+struct OutputStamps(std::collections::HashMap<PathBuf, Option<crate::fsio::FileStamp>>);
+
+impl OutputStamps {
+    fn take(&mut self, cert: &crate::config::ManagedCertificate) {
+        for path in cert.output.paths() {
+            self.0
+                .insert(path.to_path_buf(), crate::fsio::FileStamp::of(path));
+        }
+    }
+
+    fn take_all(&mut self, config: &Config) {
+        self.0.clear();
+        for cert in &config.certificates {
+            self.take(cert);
+        }
+    }
+
+    /// After a pass: the certificates whose files the pass wrote, each file only if it still
+    /// holds what the install wrote (and did not change while it was compared).
+    fn take_written(&mut self, pass: &PassResults, state: &crate::state::StateDir) {
+        for (cert, result) in &pass.results {
+            let wrote = match result {
+                Ok(report) => report.install_changed,
+                // A failed reload restored the previous files.
+                Err(PassError::Reload(_)) => true,
+                Err(_) => false,
+            };
+            if !wrote {
+                continue;
+            }
+            let good = crate::install::last_good(state, &cert.name).ok().flatten();
+            for path in cert.output.paths() {
+                let before = crate::fsio::FileStamp::of(path);
+                let as_installed = good
+                    .as_ref()
+                    .and_then(|v| v.files.iter().find(|f| f.target == path))
+                    .is_some_and(|f| std::fs::read(path).is_ok_and(|b| b == f.contents()));
+                if as_installed && before.is_some() && before == crate::fsio::FileStamp::of(path) {
+                    self.0.insert(path.to_path_buf(), before);
+                } else {
+                    self.0.remove(path);
+                }
+            }
+        }
+    }
+
+    /// Whether `path` is not as the agent last knew it (or was never known).
+    fn changed(&self, path: &Path) -> bool {
+        self.0
+            .get(path)
+            .is_none_or(|known| *known != crate::fsio::FileStamp::of(path))
+    }
+}
+
 /// Watch the directories of every output file (a deleted, truncated or replaced certificate or
-/// key starts a pass at once, which restores the last good version without calling the cloud)
-/// and the configuration file. Directories, not files: installs are renames.
+/// key starts a pass at once, which restores the last good version without calling the cloud),
+/// the configuration file and the drop-in directories of its `include` (a change reloads the
+/// configuration). Directories, not files: installs and editors' saves are renames.
 fn watch_files(
     config: &Config,
     config_path: Option<&Path>,
@@ -328,6 +390,17 @@ fn watch_files(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let watched_outputs = outputs.clone();
     let watched_config = config_path.clone();
+    let drop_in_dirs: std::collections::HashSet<PathBuf> =
+        config.include_dirs.iter().cloned().collect();
+    let watched_drop_ins = drop_in_dirs.clone();
+    // A drop-in: a visible `.toml` file in an include directory (written, added or removed).
+    let is_drop_in = move |path: &Path| {
+        path.parent().is_some_and(|d| watched_drop_ins.contains(d))
+            && path.extension().is_some_and(|e| e == "toml")
+            && !path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+    };
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
         if matches!(event.kind, notify::EventKind::Access(_)) {
@@ -335,8 +408,8 @@ fn watch_files(
         }
         for path in &event.paths {
             if watched_outputs.contains(path) {
-                let _ = tx.send(Watched::Outputs);
-            } else if watched_config.as_deref() == Some(path.as_path()) {
+                let _ = tx.send(Watched::Output(path.clone()));
+            } else if watched_config.as_deref() == Some(path.as_path()) || is_drop_in(path) {
                 let _ = tx.send(Watched::Config);
             }
         }
@@ -349,6 +422,7 @@ fn watch_files(
     if let Some(parent) = config_path.as_deref().and_then(Path::parent) {
         dirs.insert(parent.to_path_buf());
     }
+    dirs.extend(drop_in_dirs);
     for dir in dirs {
         // A directory the first install creates is watched from the next start; the schedule
         // still covers it meanwhile.
@@ -422,8 +496,12 @@ pub async fn run(
     #[cfg(not(feature = "fleet"))]
     let fleet: Option<Arc<tokio::sync::Notify>> = None;
     agent.resume().await;
+    let mut stamps = OutputStamps::default();
+    stamps.take_all(&agent.config());
     if config.agent.check_on_start {
-        let summary = run_cycle(&agent, watchdog.as_mut(), &notifier, &opts.shutdown).await;
+        let pass = run_cycle(&agent, watchdog.as_mut(), &notifier, &opts.shutdown).await;
+        stamps.take_written(&pass, agent.renewer().state_dir());
+        let summary = pass.summary;
         tracing::info!(%summary, "startup check finished");
         if let Some(cb) = &opts.on_cycle {
             cb(&summary);
@@ -481,16 +559,32 @@ pub async fn run(
                 Some(what) = watched.recv() => {
                     // Let a burst of events (an editor's save, our own install) settle.
                     tokio::time::sleep(Duration::from_millis(300)).await;
-                    let mut config_changed = matches!(what, Watched::Config);
+                    let mut events = vec![what];
                     while let Ok(more) = watched.try_recv() {
-                        config_changed |= matches!(more, Watched::Config);
+                        events.push(more);
                     }
+                    let config_changed = events.iter().any(|e| matches!(e, Watched::Config));
+                    let changed: std::collections::BTreeSet<&Path> = events
+                        .iter()
+                        .filter_map(|e| match e {
+                            Watched::Output(p) if stamps.changed(p) => Some(p.as_path()),
+                            _ => None,
+                        })
+                        .collect();
                     if config_changed {
                         if let Some(load) = &opts.reload_config {
                             reload_config(&agent, load, &notifier);
                         }
+                    } else if let Some(first) = changed.first() {
+                        tracing::info!(
+                            path = %first.display(),
+                            files = changed.len(),
+                            "an output file changed; checking"
+                        );
                     } else {
-                        tracing::info!("an output file changed; checking");
+                        // Only the echo of the agent's own installs: nothing to check.
+                        tracing::debug!(events = events.len(), "own writes; not checking");
+                        continue;
                     }
                     break;
                 }
@@ -503,7 +597,10 @@ pub async fn run(
             fatal = Some(e);
             break;
         }
-        let summary = run_cycle(&agent, watchdog.as_mut(), &notifier, &opts.shutdown).await;
+        stamps.take_all(&agent.config());
+        let pass = run_cycle(&agent, watchdog.as_mut(), &notifier, &opts.shutdown).await;
+        stamps.take_written(&pass, agent.renewer().state_dir());
+        let summary = pass.summary;
         tracing::info!(%summary, "check finished");
         if let Some(cb) = &opts.on_cycle {
             cb(&summary);
@@ -630,10 +727,10 @@ async fn run_cycle(
     mut watchdog: Option<&mut tokio::time::Interval>,
     notifier: &crate::systemd::Notifier,
     shutdown: &CancellationToken,
-) -> CycleSummary {
-    let check = agent.check_all(CheckOptions::default());
+) -> PassResults {
+    let check = agent.run_pass(&[], CheckOptions::default());
     tokio::pin!(check);
-    let summary = loop {
+    let pass = loop {
         tokio::select! {
             s = &mut check => break s,
             _ = next_watchdog(watchdog.as_deref_mut()) => notifier.watchdog(),
@@ -644,14 +741,17 @@ async fn run_cycle(
                     Ok(s) => break s,
                     Err(_) => {
                         tracing::warn!(grace = ?SHUTDOWN_GRACE, "shutdown: abandoning the pass in progress");
-                        break CycleSummary::default();
+                        break PassResults {
+                            summary: CycleSummary::default(),
+                            results: Vec::new(),
+                        };
                     }
                 }
             }
         }
     };
-    notifier.status(&summary.to_string());
-    summary
+    notifier.status(&pass.summary.to_string());
+    pass
 }
 
 /// SIGHUP: validate the new configuration first; an invalid one is rejected with its errors

@@ -3,7 +3,7 @@
 //! certificate; each stage consumes what the stage before it produced and reads nothing again
 //! that a stage already had.
 //!
-//! 1. **plan**: is it due, and why. [`Renewer::check`] reads the renewal record and the files
+//! 1. **plan**: is it due, and why. [`Renewer::check`](super::renew::Renewer::check) reads the renewal record and the files
 //!    in place and decides (`pca_need` / `scm_need` in [`super::renew`], on the pure
 //!    [`crate::policy::decide`]); a dry run stops here with the planned steps.
 //! 2. **obtain**: issue (PCA apply, or CSR with the key generated here), export (SCM), or
@@ -141,7 +141,22 @@ impl Agent {
             let semaphore = semaphore.clone();
             tasks.spawn(async move {
                 let _permit = semaphore.acquire_owned().await;
-                let result = agent.pass(&cert, opts).await;
+                let mut result = agent.pass(&cert, opts).await;
+                // Recorded as each certificate finishes: the parsed certificate and the
+                // installed set go as soon as the metrics have them, not at the pass's end.
+                match &mut result {
+                    Ok(report) => {
+                        if !opts.dry_run {
+                            agent.record_ok(report);
+                        }
+                        report.release_parsed();
+                    }
+                    Err(e) => {
+                        if !opts.dry_run {
+                            agent.record_failure(&cert, e);
+                        }
+                    }
+                }
                 (i, result)
             });
         }
@@ -168,16 +183,8 @@ impl Agent {
                         (a, b) => a.or(b),
                     };
                     summary.warnings += report.warnings.len();
-                    if !opts.dry_run {
-                        self.record_ok(report);
-                    }
                 }
-                Err(e) => {
-                    summary.failed += 1;
-                    if !opts.dry_run {
-                        self.record_failure(cert, e);
-                    }
-                }
+                Err(_) => summary.failed += 1,
             }
             out.push((cert.clone(), result));
         }
@@ -208,7 +215,11 @@ impl Agent {
         if !scm.is_empty()
             && let Err(e) = self
                 .renewer
-                .scm_candidates(&scm, config.agent.concurrency)
+                .scm_candidates(
+                    &scm,
+                    config.agent.concurrency,
+                    config.agent.full_check_every,
+                )
                 .await
         {
             tracing::warn!(error = %e, "SCM listing for this pass failed; checking one by one");
@@ -219,7 +230,7 @@ impl Agent {
     }
 
     /// One certificate through the stages (see the module doc): plan, obtain, verify and
-    /// install in [`Renewer::check`], then [`Agent::activate`] when the files changed, then
+    /// install in [`Renewer::check`](super::renew::Renewer::check), then [`Agent::activate`] when the files changed, then
     /// [`Agent::publish`]. Recording is the pass's ([`Agent::run_pass`]). A dry run stops
     /// after the plan.
     pub async fn pass(
@@ -453,11 +464,13 @@ impl Agent {
     fn export_installed(&self, name: &str, source: &str, installed: Option<&CertSummary>) {
         if let Some(installed) = installed {
             self.metrics.set_read_error(name, false);
-            self.metrics.set_certificate(
-                name,
-                source,
-                &CertificateFacts::from_cert(&installed.info, Some(&installed.cert_path)),
-            );
+            if let Some(info) = installed.info.as_deref() {
+                self.metrics.set_certificate(
+                    name,
+                    source,
+                    &CertificateFacts::from_cert(info, Some(&installed.cert_path)),
+                );
+            }
         }
         self.metrics.set_cert_ready(name, installed.is_some());
     }

@@ -7,6 +7,7 @@
 //! `config/ccm-agent.example.toml` documents every key.
 
 pub mod env;
+pub mod include;
 pub mod raw;
 
 use std::collections::HashMap;
@@ -15,9 +16,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::values::{Problem, Schedule, format_duration, parse_duration, parse_mode};
+/// The certificate vocabulary is the domain's own ([`crate::pki`]); the CCM client's wire types
+/// are converted at the client boundary (`agent::renew::wire`).
+pub use crate::pki::{
+    DistinguishedName, ExtendedKeyUsage, KeyAlgorithm, KeyUsage, SignatureHash, SubjectAltName,
+};
+pub use crate::values::{
+    Problem, Schedule, SecretSource, format_duration, parse_duration, parse_mode,
+};
 
-use crate::cloud::{AkSk, Credentials, Endpoints, PasswordIdentity, Secret};
+use crate::cloud::{AkSk, Credentials, Endpoints, PasswordIdentity};
 use crate::policy::{self, RenewPoint, RenewPolicy};
 use raw::{RawAuth, RawCertificate, RawConfig, RawOutput, RawPca, RawRenew};
 
@@ -30,6 +38,8 @@ pub const MAX_CONCURRENCY: usize = 64;
 pub const DEFAULT_CLOUD_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(3600);
+/// How often a pass lists SCM in full instead of reading only what changed.
+pub const DEFAULT_FULL_CHECK_EVERY: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MODE: u32 = 0o644;
 pub const DEFAULT_KEY_MODE: u32 = 0o600;
@@ -42,8 +52,6 @@ pub const KEY_FILE: &str = "privkey.pem";
 /// sample conventions).
 pub const DEFAULT_ACCESS_KEY_ENV: [&str; 2] = ["CLOUD_SDK_AK", "HUAWEICLOUD_SDK_AK"];
 pub const DEFAULT_SECRET_KEY_ENV: [&str; 2] = ["CLOUD_SDK_SK", "HUAWEICLOUD_SDK_SK"];
-/// Secret files larger than this are refused (a secret is short; a big file is a mistake).
-const MAX_SECRET_FILE: u64 = 64 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -166,6 +174,23 @@ impl Checker {
     }
 }
 
+/// How the configuration file spells an extended key usage: as the API's `extended_key_usage`
+/// fields (`server_auth`), not RFC 5280's names (`serverAuth`).
+fn eku_file_name(e: ExtendedKeyUsage) -> &'static str {
+    match e {
+        ExtendedKeyUsage::ServerAuth => "server_auth",
+        ExtendedKeyUsage::ClientAuth => "client_auth",
+        ExtendedKeyUsage::CodeSigning => "code_signing",
+        ExtendedKeyUsage::EmailProtection => "email_protection",
+        ExtendedKeyUsage::TimeStamping => "time_stamping",
+    }
+}
+
+/// A domain enum's values with their names, for [`Checker::choice`].
+fn named<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> Vec<(&'static str, T)> {
+    all.iter().map(|v| (name(*v), *v)).collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // The validated configuration
 // ---------------------------------------------------------------------------------------------
@@ -179,6 +204,8 @@ pub struct Config {
     pub metrics: MetricsSettings,
     pub cloud: CloudSettings,
     pub certificates: Vec<ManagedCertificate>,
+    /// The directories the `include` patterns read drop-ins from; the daemon watches them.
+    pub include_dirs: Vec<PathBuf>,
     /// `[fleet]`: etcd coordination with other hosts; `None` when not configured.
     pub fleet: Option<crate::fleet::FleetSettings>,
     /// Things that are allowed but probably not meant; print them at startup and in `check`.
@@ -203,6 +230,8 @@ pub struct AgentSettings {
     /// Backoff after a failed renewal: first delay cap and largest delay.
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// How often a pass lists SCM in full; between, one page of recent changes is read.
+    pub full_check_every: Duration,
 }
 
 impl AgentSettings {
@@ -246,79 +275,6 @@ pub struct CloudSettings {
     /// Extra CA certificates (PEM) trusted for the cloud endpoints.
     pub ca_bundle: Option<PathBuf>,
     pub timeout: Duration,
-}
-
-/// Where a secret (or a value kept with secrets) comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SecretSource {
-    /// Written in the file: only for values that are not secret (the access key id).
-    Inline(String),
-    /// The first of these environment variables that is set and not empty.
-    Env(Vec<String>),
-    /// A file, trailing newlines trimmed.
-    File(PathBuf),
-    /// A systemd credential (`LoadCredential=`): `$CREDENTIALS_DIRECTORY/<name>`.
-    Credential(String),
-}
-
-impl SecretSource {
-    /// Read the value. `env` looks up environment variables (tests inject a map). Errors name
-    /// where the value was looked for, never the value.
-    pub fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Secret, String> {
-        match self {
-            SecretSource::Inline(v) => Ok(Secret::new(v.clone())),
-            SecretSource::Env(names) => names
-                .iter()
-                .find_map(|n| env(n).filter(|v| !v.is_empty()))
-                .map(Secret::new)
-                .ok_or_else(|| {
-                    let list: Vec<_> = names.iter().map(|n| format!("${n}")).collect();
-                    format!("not set: {} is unset or empty", list.join(" / "))
-                }),
-            SecretSource::File(path) => read_secret_file(path),
-            SecretSource::Credential(name) => {
-                let dir = env("CREDENTIALS_DIRECTORY")
-                    .filter(|d| !d.is_empty())
-                    .ok_or_else(|| {
-                        format!(
-                            "credential {name:?}: $CREDENTIALS_DIRECTORY is not set (use systemd \
-                         LoadCredential= or an absolute path)"
-                        )
-                    })?;
-                read_secret_file(&Path::new(&dir).join(name))
-            }
-        }
-    }
-}
-
-impl fmt::Display for SecretSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SecretSource::Inline(_) => f.write_str("the configuration file"),
-            SecretSource::Env(names) => {
-                let list: Vec<_> = names.iter().map(|n| format!("${n}")).collect();
-                f.write_str(&list.join(" or "))
-            }
-            SecretSource::File(p) => write!(f, "file {}", p.display()),
-            SecretSource::Credential(n) => write!(f, "systemd credential {n:?}"),
-        }
-    }
-}
-
-fn read_secret_file(path: &Path) -> Result<Secret, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.len() > MAX_SECRET_FILE {
-        return Err(format!(
-            "{}: larger than {MAX_SECRET_FILE} bytes",
-            path.display()
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let value = text.trim_end_matches(['\n', '\r']);
-    if value.is_empty() {
-        return Err(format!("{}: empty", path.display()));
-    }
-    Ok(Secret::new(value))
 }
 
 /// `[cloud.auth]`
@@ -369,16 +325,24 @@ pub struct PcaSource {
     /// The issuing CA (`issuer_id`, a UUID).
     pub ca_id: String,
     pub mode: PcaMode,
-    pub subject: Subject,
+    /// The subject; validation guarantees a common name ([`PcaSource::common_name`]).
+    pub subject: DistinguishedName,
     pub sans: Vec<SubjectAltName>,
     pub key_algorithm: KeyAlgorithm,
-    pub signature_algorithm: SignatureAlgorithm,
+    pub signature_algorithm: SignatureHash,
     pub validity: ValidityPeriod,
     pub key_usages: Vec<KeyUsage>,
     pub extended_key_usage: Vec<ExtendedKeyUsage>,
     /// Revoke the superseded certificate (reason SUPERSEDED) this long after the new one is
     /// installed; `None`: never revoke.
     pub revoke_superseded_after: Option<Duration>,
+}
+
+impl PcaSource {
+    /// The subject's common name (always set once the configuration is validated).
+    pub fn common_name(&self) -> &str {
+        self.subject.common_name.as_deref().unwrap_or_default()
+    }
 }
 
 /// Where the private key is generated.
@@ -389,57 +353,6 @@ pub enum PcaMode {
     Csr,
     /// By PCA (`POST /v1/private-certificates`), fetched with the export call.
     Apply,
-}
-
-/// The subject (`distinguished_name`); fields not given are inherited from the CA by PCA.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Subject {
-    pub common_name: String,
-    pub country: Option<String>,
-    pub state: Option<String>,
-    pub locality: Option<String>,
-    pub organization: Option<String>,
-    pub organizational_unit: Option<String>,
-}
-
-impl Subject {
-    pub fn to_api(&self) -> crate::cloud::pca::DistinguishedName {
-        crate::cloud::pca::DistinguishedName {
-            common_name: Some(self.common_name.clone()),
-            country: self.country.clone(),
-            state: self.state.clone(),
-            locality: self.locality.clone(),
-            organization: self.organization.clone(),
-            organizational_unit: self.organizational_unit.clone(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SubjectAltName {
-    Dns(String),
-    Ip(IpAddr),
-    Email(String),
-    Uri(String),
-}
-
-impl SubjectAltName {
-    /// The API's `type`: `DNS`, `IP`, `EMAIL`, `URI`.
-    pub fn api_type(&self) -> &'static str {
-        match self {
-            SubjectAltName::Dns(_) => "DNS",
-            SubjectAltName::Ip(_) => "IP",
-            SubjectAltName::Email(_) => "EMAIL",
-            SubjectAltName::Uri(_) => "URI",
-        }
-    }
-
-    pub fn value(&self) -> String {
-        match self {
-            SubjectAltName::Dns(v) | SubjectAltName::Email(v) | SubjectAltName::Uri(v) => v.clone(),
-            SubjectAltName::Ip(ip) => ip.to_string(),
-        }
-    }
 }
 
 macro_rules! api_enum {
@@ -460,32 +373,9 @@ macro_rules! api_enum {
     };
 }
 
-api_enum!(KeyAlgorithm { Rsa2048 = "RSA2048", Rsa4096 = "RSA4096", Ec256 = "EC256", Ec384 = "EC384" });
-api_enum!(SignatureAlgorithm { Sha256 = "SHA256", Sha384 = "SHA384", Sha512 = "SHA512" });
 api_enum!(
     /// `validity.type`: YEAR (12 months), MONTH (31 days), DAY, HOUR.
     ValidityUnit { Year = "YEAR", Month = "MONTH", Day = "DAY", Hour = "HOUR" }
-);
-api_enum!(KeyUsage {
-    DigitalSignature = "digitalSignature",
-    NonRepudiation = "nonRepudiation",
-    KeyEncipherment = "keyEncipherment",
-    DataEncipherment = "dataEncipherment",
-    KeyAgreement = "keyAgreement",
-    KeyCertSign = "keyCertSign",
-    CrlSign = "cRLSign",
-    EncipherOnly = "encipherOnly",
-    DecipherOnly = "decipherOnly",
-});
-api_enum!(
-    /// The fields of the API's `extended_key_usage` object.
-    ExtendedKeyUsage {
-        ServerAuth = "server_auth",
-        ClientAuth = "client_auth",
-        CodeSigning = "code_signing",
-        EmailProtection = "email_protection",
-        TimeStamping = "time_stamping",
-    }
 );
 
 /// Private certificates may live at most 20 years (API reference, `Validity`).
@@ -617,15 +507,27 @@ impl Config {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::one(&name, "", format!("cannot read: {e}")))?;
-        Self::from_str_with_env(&text, &name, vars)
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+        Self::parse(&text, &name, base, vars)
     }
 
     /// Parse TOML text, apply the `CCM_AGENT__*` variables among `vars` (see [`env`]), and
     /// validate. Problems in the text keep their line and column; once variables are applied,
     /// the source is named with them (`ccm-agent.toml with CCM_AGENT__CLOUD__REGION`).
+    /// Relative `include` patterns are taken from the current directory.
     pub fn from_str_with_env(
         text: &str,
         source_name: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        Self::parse(text, source_name, None, vars)
+    }
+
+    /// [`Config::from_str_with_env`], with relative `include` patterns taken from `base`.
+    fn parse(
+        text: &str,
+        source_name: &str,
+        base: Option<&Path>,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, source_name, &e))?;
@@ -634,6 +536,7 @@ impl Config {
             .filter(|(k, _)| k.starts_with(env::PREFIX))
             .collect();
         if vars.is_empty() {
+            let raw = include::expand(raw, base, source_name)?;
             return Self::from_raw(raw, source_name);
         }
         let mut table: toml::Table = text
@@ -654,6 +557,7 @@ impl Config {
                         truncate_chars(e.to_string().trim_end(), MESSAGE_MAX_CHARS),
                     )
                 })?;
+        let raw = include::expand(raw, base, &source)?;
         Self::from_raw(raw, &source)
     }
 
@@ -661,6 +565,7 @@ impl Config {
     #[allow(clippy::should_implement_trait)]
     pub fn from_str(text: &str, source_name: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, source_name, &e))?;
+        let raw = include::expand(raw, None, source_name)?;
         Self::from_raw(raw, source_name)
     }
 
@@ -688,6 +593,7 @@ impl Config {
                 metrics,
                 cloud,
                 certificates,
+                include_dirs: raw.include_dirs,
                 fleet,
                 warnings: c.warnings,
             }),
@@ -929,6 +835,15 @@ fn check_agent(c: &mut Checker, a: &raw::RawAgent) -> Option<AgentSettings> {
             ),
         );
     }
+    let full_check_every = c
+        .duration("agent.full_check_every", a.full_check_every.as_ref())
+        .unwrap_or(DEFAULT_FULL_CHECK_EVERY);
+    if full_check_every.is_zero() {
+        c.err(
+            "agent.full_check_every",
+            "must be longer than 0 (\"1h\" lists SCM in full every hour)",
+        );
+    }
     Some(AgentSettings {
         state_dir: state_dir?,
         schedule: schedule?,
@@ -939,6 +854,7 @@ fn check_agent(c: &mut Checker, a: &raw::RawAgent) -> Option<AgentSettings> {
         host_id: a.host_id.clone(),
         retry_initial,
         retry_max,
+        full_check_every,
     })
 }
 
@@ -1391,7 +1307,7 @@ struct PartialPca {
     subject: raw::RawSubject,
     sans: Option<Vec<SubjectAltName>>,
     key_algorithm: Option<KeyAlgorithm>,
-    signature_algorithm: Option<SignatureAlgorithm>,
+    signature_algorithm: Option<SignatureHash>,
     validity: Option<ValidityPeriod>,
     key_usages: Option<Vec<KeyUsage>>,
     extended_key_usage: Option<Vec<ExtendedKeyUsage>>,
@@ -1565,12 +1481,12 @@ fn check_pca(c: &mut Checker, prefix: &str, p: &RawPca) -> PartialPca {
     let key_algorithm = c.choice(
         &key("key_algorithm"),
         p.key_algorithm.as_ref(),
-        KeyAlgorithm::ALL,
+        &named(KeyAlgorithm::ALL, KeyAlgorithm::as_str),
     );
     let signature_algorithm = c.choice(
         &key("signature_algorithm"),
         p.signature_algorithm.as_ref(),
-        SignatureAlgorithm::ALL,
+        &named(SignatureHash::ALL, SignatureHash::as_str),
     );
     let validity = p.validity.as_ref().and_then(|v| {
         let unit = match &v.kind {
@@ -1603,7 +1519,11 @@ fn check_pca(c: &mut Checker, prefix: &str, p: &RawPca) -> PartialPca {
         vs.iter()
             .enumerate()
             .filter_map(|(i, v)| {
-                c.choice(&key(&format!("key_usages[{i}]")), Some(v), KeyUsage::ALL)
+                c.choice(
+                    &key(&format!("key_usages[{i}]")),
+                    Some(v),
+                    &named(KeyUsage::ALL, KeyUsage::as_str),
+                )
             })
             .collect()
     });
@@ -1614,7 +1534,7 @@ fn check_pca(c: &mut Checker, prefix: &str, p: &RawPca) -> PartialPca {
                 c.choice(
                     &key(&format!("extended_key_usage[{i}]")),
                     Some(v),
-                    ExtendedKeyUsage::ALL,
+                    &named(ExtendedKeyUsage::ALL, eku_file_name),
                 )
             })
             .collect()
@@ -1654,8 +1574,8 @@ fn merge_pca(c: &mut Checker, prefix: &str, cert: PartialPca, d: &PartialPca) ->
             None
         }
     };
-    let subject = Subject {
-        common_name: common_name.unwrap_or_default(),
+    let subject = DistinguishedName {
+        common_name,
         country: pick(&s.country, &ds.country),
         state: pick(&s.state, &ds.state),
         locality: pick(&s.locality, &ds.locality),
@@ -1705,7 +1625,7 @@ fn merge_pca(c: &mut Checker, prefix: &str, cert: PartialPca, d: &PartialPca) ->
         signature_algorithm: cert
             .signature_algorithm
             .or(d.signature_algorithm)
-            .unwrap_or(SignatureAlgorithm::Sha256),
+            .unwrap_or(SignatureHash::Sha256),
         validity: validity?,
         key_usages: cert
             .key_usages
@@ -2009,8 +1929,14 @@ fn check_certificates(c: &mut Checker, raw: &RawConfig) -> Vec<ManagedCertificat
     let mut paths: HashMap<PathBuf, String> = HashMap::new();
     let mut scm_names: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::new();
+    let label = |i: usize| {
+        raw.certificate_labels
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("certificates[{i}]"))
+    };
     for (i, cert) in raw.certificates.iter().enumerate() {
-        let prefix = format!("certificates[{i}]");
+        let prefix = label(i);
         if let Some(cert) = check_certificate(
             c,
             &prefix,
@@ -2022,10 +1948,7 @@ fn check_certificates(c: &mut Checker, raw: &RawConfig) -> Vec<ManagedCertificat
             if let Some(first) = names.insert(cert.name.clone(), i) {
                 c.err(
                     format!("{prefix}.name"),
-                    format!(
-                        "{:?} is already the name of certificates[{first}]",
-                        cert.name
-                    ),
+                    format!("{:?} is already the name of {}", cert.name, label(first)),
                 );
             }
             for (field, path) in output_fields(&cert.output) {
@@ -2042,10 +1965,7 @@ fn check_certificates(c: &mut Checker, raw: &RawConfig) -> Vec<ManagedCertificat
             {
                 c.err(
                     format!("{prefix}.deploy.scm_name"),
-                    format!(
-                        "{:?} is also the SCM name of certificates[{first}]",
-                        d.scm_name
-                    ),
+                    format!("{:?} is also the SCM name of {}", d.scm_name, label(first)),
                 );
             }
             out.push(cert);

@@ -7,6 +7,10 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// Drop-in files (`include = ["/etc/ccm-agent/conf.d/*.toml"]`), each holding
+    /// `[[certificates]]` only; see [`super::include`].
+    #[serde(default)]
+    pub include: Vec<String>,
     #[serde(default)]
     pub agent: RawAgent,
     #[serde(default)]
@@ -19,6 +23,21 @@ pub struct RawConfig {
     pub certificates: Vec<RawCertificate>,
     /// `[fleet]`: coordination with other hosts through etcd (see `crate::fleet`).
     pub fleet: Option<crate::fleet::config::RawFleet>,
+    /// How errors name each entry of `certificates`: `certificates[2]` for the main file's,
+    /// `FILE: certificates[0]` for a drop-in's. Empty: the main file's numbering.
+    #[serde(skip)]
+    pub certificate_labels: Vec<String>,
+    /// The directories the `include` patterns look in (watched for new drop-ins).
+    #[serde(skip)]
+    pub include_dirs: Vec<std::path::PathBuf>,
+}
+
+/// A drop-in file: certificates only (the agent, cloud and defaults live in the main file).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDropIn {
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -33,6 +52,7 @@ pub struct RawAgent {
     pub host_id: Option<String>,
     pub retry_initial: Option<String>,
     pub retry_max: Option<String>,
+    pub full_check_every: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

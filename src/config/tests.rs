@@ -80,8 +80,8 @@ fn minimal_config_gets_every_default() {
     assert_eq!(p.ca_id, CA);
     assert_eq!(p.mode, PcaMode::Csr);
     assert_eq!(p.key_algorithm, KeyAlgorithm::Ec256);
-    assert_eq!(p.signature_algorithm, SignatureAlgorithm::Sha256);
-    assert_eq!(p.subject.common_name, "www.example.com");
+    assert_eq!(p.signature_algorithm, SignatureHash::Sha256);
+    assert_eq!(p.common_name(), "www.example.com");
     assert_eq!(p.validity.to_api(), crate::cloud::pca::Validity::days(90));
     assert_eq!(p.revoke_superseded_after, None);
     let dir = Path::new("/etc/ccm-agent/live/www");
@@ -393,11 +393,11 @@ pca = {{ sans = ["DNS:two.example"], revoke_grace = "1h" }}
     assert_eq!(p.key_algorithm, KeyAlgorithm::Ec384);
     assert_eq!(
         p.subject,
-        Subject {
-            common_name: "one.example".into(),
+        DistinguishedName {
+            common_name: Some("one.example".into()),
             country: Some("DE".into()),
             organization: Some("Other".into()),
-            ..Subject::default()
+            ..DistinguishedName::default()
         }
     );
     assert_eq!(
@@ -409,7 +409,7 @@ pca = {{ sans = ["DNS:two.example"], revoke_grace = "1h" }}
             SubjectAltName::Uri("spiffe://example/one".into()),
         ]
     );
-    assert_eq!(p.sans[1].api_type(), "IP");
+    assert_eq!(p.sans[1].kind(), "IP");
     assert_eq!(p.revoke_superseded_after, Some(DEFAULT_REVOKE_GRACE));
     assert_eq!(one.output.key, PathBuf::from("/etc/tls/one/key.pem"));
     assert_eq!(one.output.chain, None);
@@ -429,7 +429,7 @@ pca = {{ sans = ["DNS:two.example"], revoke_grace = "1h" }}
     let CertificateSource::Pca(p) = &two.source else {
         panic!("pca")
     };
-    assert_eq!(p.subject.common_name, "two.example");
+    assert_eq!(p.common_name(), "two.example");
     assert_eq!(p.revoke_superseded_after, Some(Duration::from_secs(3600)));
     assert_eq!(two.output.mode, DEFAULT_MODE);
 }
@@ -587,7 +587,9 @@ domain_id = "abc123"
     assert_eq!(aksk.access_key, "AKINLINE");
     assert_eq!(aksk.secret_key.expose(), "file-secret");
     assert_eq!(
-        aksk.security_token.as_ref().map(Secret::expose),
+        aksk.security_token
+            .as_ref()
+            .map(crate::cloud::Secret::expose),
         Some("tok")
     );
     assert_eq!(aksk.domain_id.as_deref(), Some("abc123"));

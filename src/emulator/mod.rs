@@ -6,6 +6,14 @@
 //! Control endpoints live under `/_emulator/` (never authenticated, never faulted): the request
 //! log, the clock, fault rules, token expiry, and the record of SCM pushes and deployments.
 //!
+//! # Independent of the client
+//! The emulator reads requests and writes responses with its own types ([`wire`] and the body
+//! structs next to each handler), written from the reference, so a serde mistake in the client
+//! (`crate::cloud`) is not mirrored here. It uses from the client only what is not a wire type:
+//! the `SDK-HMAC-SHA256` signature check (`cloud::auth`, held to the official SDK's vectors and
+//! exercised by the SDK tests), `Secret` (a string that is redacted in `Debug`), rustls' crypto
+//! provider, and [`Emulator::client`], a convenience that points a client at the emulator.
+//!
 //! # Readings of the reference
 //! The emulator follows the API reference (`shared/seeds`); where a passage can be read two
 //! ways, or says nothing, it commits to one reading, listed here with the reason. The modules
@@ -42,6 +50,7 @@ pub mod iam;
 pub mod pca;
 pub mod scm;
 mod server;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

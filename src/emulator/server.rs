@@ -363,7 +363,7 @@ fn clock_json(s: &Shared) -> serde_json::Value {
     let now = s.now();
     serde_json::json!({
         "now": now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        "now_ms": crate::cloud::time::to_epoch_ms(now),
+        "now_ms": crate::emulator::wire::epoch_ms(now),
         "offset_secs": s.with_state(|st| st.clock_offset_secs),
     })
 }

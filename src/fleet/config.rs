@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{Problem, SecretSource, parse_duration};
+use crate::values::{Problem, SecretSource, format_duration, parse_duration};
 
 /// Where fleet state lives in etcd when `prefix` is not given.
 pub const DEFAULT_PREFIX: &str = "/ccm-agent";
@@ -242,9 +242,9 @@ pub fn check(
             "fleet.lease_ttl",
             format!(
                 "{} is not within {}..={}",
-                crate::config::format_duration(lease_ttl),
-                crate::config::format_duration(MIN_LEASE_TTL),
-                crate::config::format_duration(MAX_LEASE_TTL)
+                format_duration(lease_ttl),
+                format_duration(MIN_LEASE_TTL),
+                format_duration(MAX_LEASE_TTL)
             ),
         ));
     }

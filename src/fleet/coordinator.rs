@@ -697,7 +697,7 @@ impl Coordinator {
         let mark = Issuing {
             member: self.member.member_id.clone(),
             replaces,
-            at: crate::agent::renew::rfc3339(time::OffsetDateTime::now_utc()),
+            at: crate::values::rfc3339(time::OffsetDateTime::now_utc()),
         };
         self.fenced(
             name,

@@ -155,7 +155,7 @@ impl Renewer {
         let CertificateSource::Pca(src) = &cert.source else {
             return Ok(None);
         };
-        let cn = src.subject.common_name.as_str();
+        let cn = src.common_name();
         let q = ListCertificatesQuery {
             limit: Some(50),
             name: Some(cn.chars().take(64).collect()),

@@ -34,6 +34,7 @@ pub mod error;
 mod fleet;
 mod pca;
 mod scm;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -203,8 +204,10 @@ pub struct CertSummary {
     pub not_after: OffsetDateTime,
     pub cert_path: PathBuf,
     /// The whole certificate as parsed from `cert_path` when the check read it: what the
-    /// metrics export, without reading the file again.
-    pub info: Box<pki::CertInfo>,
+    /// metrics export, without reading the file again. Released once the pass has recorded it
+    /// ([`CheckReport::release_parsed`]), so that a pass over 10,000 certificates does not hold
+    /// 10,000 parsed certificates until its end.
+    pub info: Option<Box<pki::CertInfo>>,
 }
 
 /// The outcome of one check.
@@ -255,6 +258,14 @@ impl InstalledSet {
 }
 
 impl CheckReport {
+    /// Drops what only the stages of the pass needed (the parsed certificate and the installed
+    /// set with its key), keeping what the report says. Called once the outcome is recorded.
+    pub fn release_parsed(&mut self) {
+        if let Some(installed) = &mut self.installed {
+            installed.info = None;
+        }
+        self.installed_set = None;
+    }
     fn new(name: &str, source: &'static str) -> Self {
         CheckReport {
             name: name.to_string(),
@@ -306,6 +317,8 @@ pub struct Renewer {
     host_id: String,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     scm_snapshot: Mutex<Option<scm::Snapshot>>,
+    /// What the SCM listings have shown so far, kept from pass to pass (see [`scm`]).
+    scm_index: Mutex<Option<scm::ScmIndex>>,
     pca_revoked: Mutex<Option<pca::RevokedSnapshot>>,
 }
 
@@ -332,6 +345,7 @@ impl Renewer {
             host_id,
             slots: Mutex::new(HashMap::new()),
             scm_snapshot: Mutex::new(None),
+            scm_index: Mutex::new(None),
             pca_revoked: Mutex::new(None),
         }
     }
@@ -367,6 +381,7 @@ impl Renewer {
             host_id,
             slots: Mutex::new(HashMap::new()),
             scm_snapshot: Mutex::new(None),
+            scm_index: Mutex::new(None),
             pca_revoked: Mutex::new(None),
         })
     }
@@ -732,7 +747,7 @@ impl CertSummary {
             not_before: info.not_before,
             not_after: info.not_after,
             cert_path,
-            info: Box::new(info.clone()),
+            info: Some(Box::new(info.clone())),
         }
     }
 }
@@ -782,11 +797,7 @@ fn not_yet_valid(installed: Option<&CertSummary>, now: OffsetDateTime) -> Option
     })
 }
 
-/// RFC 3339, for messages and the status file.
-pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
-}
+pub(crate) use crate::values::rfc3339;
 
 /// The configuration key a PKCS#12 password source was written as.
 fn password_key(source: &SecretSource) -> &'static str {

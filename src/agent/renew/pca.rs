@@ -21,16 +21,13 @@ use super::{
 use crate::cloud::CloudError;
 use crate::cloud::pca::ca::CaStatus;
 use crate::cloud::pca::cert::{
-    ApplyCertificateRequest, CertificateSortKey, CertificateStatus, CsrCertificateRequest,
-    ExportType, ExtendedKeyUsage as ApiEku, ListCertificatesQuery, RevokeReason, SortDir,
-    SubjectAlternativeName,
+    CertificateSortKey, CertificateStatus, CsrCertificateRequest, ExportType,
+    ListCertificatesQuery, RevokeReason, SortDir,
 };
-use crate::config::{
-    ExtendedKeyUsage, ManagedCertificate, PcaMode, PcaSource, SubjectAltName, ValidityUnit,
-};
+use crate::config::{ManagedCertificate, PcaMode, PcaSource, ValidityUnit};
 use crate::install::{self, Candidate, InstalledState};
 use crate::logging::Event;
-use crate::pki;
+use crate::pki::{self, SubjectAltName};
 use crate::policy::{self, Decision, Lifetime};
 use crate::state::journal::{IssueMode, IssuedFor, Pending};
 use crate::state::records::{CertRecord, Superseded};
@@ -76,7 +73,7 @@ pub(super) fn required_names(src: &PcaSource) -> Vec<String> {
         .map(SubjectAltName::value)
         .collect();
     if names.is_empty() {
-        vec![src.subject.common_name.clone()]
+        vec![src.common_name().to_owned()]
     } else {
         names
     }
@@ -107,59 +104,13 @@ fn pending_misfit(p: &Pending, src: &PcaSource) -> Option<String> {
     p.request.as_ref()?.misfit(&issued_for(src))
 }
 
-fn api_sans(src: &PcaSource) -> Vec<SubjectAlternativeName> {
-    src.sans
-        .iter()
-        .map(|s| match s {
-            SubjectAltName::Dns(v) => SubjectAlternativeName::dns(v),
-            SubjectAltName::Ip(ip) => SubjectAlternativeName::ip(ip.to_string()),
-            SubjectAltName::Email(v) => SubjectAlternativeName::email(v),
-            SubjectAltName::Uri(v) => SubjectAlternativeName::uri(v),
-        })
-        .collect()
-}
-
-fn apply_request(src: &PcaSource) -> ApplyCertificateRequest {
-    let mut body = ApplyCertificateRequest::new(
-        &src.ca_id,
-        &src.subject.common_name,
-        src.key_algorithm.as_str(),
-        src.signature_algorithm.as_str(),
-        src.validity.to_api(),
-    );
-    body.distinguished_name = src.subject.to_api();
-    body.subject_alternative_names = api_sans(src);
-    if !src.key_usages.is_empty() {
-        body.key_usages = Some(
-            src.key_usages
-                .iter()
-                .map(|k| k.as_str().to_string())
-                .collect(),
-        );
-    }
-    if !src.extended_key_usage.is_empty() {
-        let mut eku = ApiEku::default();
-        for e in &src.extended_key_usage {
-            match e {
-                ExtendedKeyUsage::ServerAuth => eku.server_auth = true,
-                ExtendedKeyUsage::ClientAuth => eku.client_auth = true,
-                ExtendedKeyUsage::CodeSigning => eku.code_signing = true,
-                ExtendedKeyUsage::EmailProtection => eku.email_protection = true,
-                ExtendedKeyUsage::TimeStamping => eku.time_stamping = true,
-            }
-        }
-        body.extended_key_usage = Some(eku);
-    }
-    body
-}
-
 fn sans_text(src: &PcaSource) -> String {
     if src.sans.is_empty() {
         return "(none)".into();
     }
     src.sans
         .iter()
-        .map(|s| format!("{}:{}", s.api_type(), s.value()))
+        .map(|s| format!("{}:{}", s.kind(), s.value()))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -196,7 +147,9 @@ impl Renewer {
                     ),
                     None => format!(
                         "reconcile the request of {} (journal ticket {}): GET /v1/private-certificates name={} sort_key=create_time, adopt a match or issue again",
-                        p.requested_at, p.ticket, src.subject.common_name
+                        p.requested_at,
+                        p.ticket,
+                        src.common_name()
                     ),
                 })];
                 steps.push(PlannedStep(
@@ -412,7 +365,7 @@ impl Renewer {
                 steps.push(PlannedStep(format!(
                     "POST /v1/private-certificates/csr issuer_id={} cn={} sans={} validity={} {}",
                     src.ca_id,
-                    src.subject.common_name,
+                    src.common_name(),
                     sans_text(src),
                     v.value,
                     v.unit
@@ -424,7 +377,7 @@ impl Renewer {
                 steps.push(PlannedStep(format!(
                     "POST /v1/private-certificates issuer_id={} cn={} sans={} key_algorithm={} signature_algorithm={} validity={} {} key_usages=[{}] extended_key_usage=[{}]",
                     src.ca_id,
-                    src.subject.common_name,
+                    src.common_name(),
                     sans_text(src),
                     src.key_algorithm,
                     src.signature_algorithm,
@@ -532,14 +485,11 @@ impl Renewer {
                     None => self.generate_key(name, src).await?,
                 };
                 let key_pem = key.to_pem();
-                let dn = pki_subject(src);
-                let sans = pki_sans(src).map_err(|detail| RenewError::Config {
-                    name: name.to_string(),
-                    detail,
-                })?;
-                let csr = pki::generate_csr(&key, &dn, &sans).map_err(|e| RenewError::Crypto {
-                    name: name.to_string(),
-                    detail: format!("building the CSR: {e}"),
+                let csr = pki::generate_csr(&key, &src.subject, &src.sans).map_err(|e| {
+                    RenewError::Crypto {
+                        name: name.to_string(),
+                        detail: format!("building the CSR: {e}"),
+                    }
                 })?;
                 self.journal
                     .begin_issue(
@@ -560,7 +510,7 @@ impl Renewer {
                     .map_err(|e| RenewError::journal(name, e))?;
                 let r = self
                     .client
-                    .apply_private_certificate(&apply_request(src))
+                    .apply_private_certificate(&super::wire::apply_request(src))
                     .await;
                 (self.after_create(name, src, r, STEP_APPLY)?, None)
             }
@@ -579,14 +529,7 @@ impl Renewer {
         name: &str,
         src: &PcaSource,
     ) -> Result<pki::PrivateKey, RenewError> {
-        let alg: pki::KeyAlgorithm =
-            src.key_algorithm
-                .as_str()
-                .parse()
-                .map_err(|e: pki::PkiError| RenewError::Config {
-                    name: name.to_string(),
-                    detail: e.to_string(),
-                })?;
+        let alg = src.key_algorithm;
         let crypto = |detail: String| RenewError::Crypto {
             name: name.to_string(),
             detail,
@@ -931,7 +874,7 @@ impl Renewer {
         record: &CertRecord,
     ) -> Result<Option<String>, RenewError> {
         let name = cert.name.as_str();
-        let cn = src.subject.common_name.as_str();
+        let cn = src.common_name();
         let q = ListCertificatesQuery {
             limit: Some(RECONCILE_PAGE),
             name: Some(cn.chars().take(64).collect()),
@@ -1141,28 +1084,6 @@ fn exact_lifetime(src: &PcaSource) -> Option<time::Duration> {
         ValidityUnit::Hour => Some(time::Duration::hours(v)),
         ValidityUnit::Month | ValidityUnit::Year => None,
     }
-}
-
-fn pki_subject(src: &PcaSource) -> pki::DistinguishedName {
-    let s = &src.subject;
-    pki::DistinguishedName {
-        country: s.country.clone(),
-        state: s.state.clone(),
-        locality: s.locality.clone(),
-        organization: s.organization.clone(),
-        organizational_unit: s.organizational_unit.clone(),
-        common_name: Some(s.common_name.clone()),
-    }
-}
-
-fn pki_sans(src: &PcaSource) -> Result<Vec<pki::SubjectAltName>, String> {
-    src.sans
-        .iter()
-        .map(|s| {
-            pki::SubjectAltName::from_kind_value(s.api_type(), &s.value())
-                .map_err(|e| e.to_string())
-        })
-        .collect()
 }
 
 /// How long a revocation listing may stand in for a check's own lookup.

@@ -11,6 +11,18 @@
 //! can reach, the pass falls back to one narrowed listing (`content` = the name or domain) per
 //! configured selector. Certificates configured by id are read individually when the pass does
 //! not hold them (expired longer ago than the window).
+//!
+//! # Change detection between passes
+//! Listing every certificate on every pass costs one request per configured name once the
+//! account outgrows offset paging. Instead, the listing is kept ([`ScmIndex`]) and each later
+//! pass reads only the first page of the list sorted by `certUpdateTime`, newest first (the
+//! API's default order): a certificate imported or updated since the last pass sorts before
+//! every one that was not. Walking that page from its end while its certificates are the ones
+//! the previous page showed, in the same order, leaves in front exactly what changed; those are
+//! merged into the index. A full listing runs again at startup, after `agent.full_check_every`
+//! (default a day), when the whole page changed (more changes than a page shows), and after a
+//! check found a listed certificate gone. At steady state a pass over any number of SCM
+//! certificates makes one request.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -86,9 +98,66 @@ impl ScmCandidates {
     }
 }
 
+/// What the listings have shown, kept between passes (see the module doc).
+pub(super) struct ScmIndex {
+    data: Arc<ScmCandidates>,
+    /// The ids of the first page sorted by `certUpdateTime` DESC, as the last pass read it.
+    anchor: Vec<String>,
+    /// When the last full listing ran (the renewer's clock).
+    full_at: OffsetDateTime,
+    /// The narrowed keywords the index covers; `None`: a complete listing of the window.
+    covered: Option<HashSet<String>>,
+}
+
+/// The page size of the change detection (the API's maximum).
+const ANCHOR_PAGE: u32 = 50;
+
+/// The page of the change detection: the same window as the full listing, newest update first.
+fn anchor_query() -> ListCertificatesQuery {
+    ListCertificatesQuery {
+        limit: Some(ANCHOR_PAGE),
+        sort_key: Some(SortKey::CertUpdateTime),
+        sort_dir: Some(SortDir::Desc),
+        expired_days_since: Some(SCM_EXPIRED_DAYS_SINCE),
+        ..ListCertificatesQuery::default()
+    }
+}
+
+/// The certificates of `page` (newest update first) that changed since `previous` (the ids of
+/// the previous pass's page): everything in front of the longest tail that the previous page
+/// showed in the same order. `None` when a whole full page changed: more may have changed than
+/// one page shows.
+fn changed_since<'a>(
+    page: &'a [CertificateSummary],
+    previous: &[String],
+) -> Option<&'a [CertificateSummary]> {
+    let position: HashMap<&str, usize> = previous
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut start = page.len();
+    let mut next_position = usize::MAX;
+    while start > 0 {
+        match position.get(page[start - 1].id.as_str()) {
+            Some(&p) if p < next_position => {
+                next_position = p;
+                start -= 1;
+            }
+            _ => break,
+        }
+    }
+    if start == page.len() && page.len() >= ANCHOR_PAGE as usize {
+        return None;
+    }
+    Some(&page[..start])
+}
+
 /// A pass kept for the checks that follow it.
 pub(super) struct Snapshot {
     data: Arc<ScmCandidates>,
+    /// When the pass ran: the listing may be older (kept in the index), the pass is not.
+    taken_at: OffsetDateTime,
     /// Names that have not used it yet.
     unused: HashSet<String>,
 }
@@ -145,13 +214,16 @@ enum Need {
 impl Renewer {
     /// One listing pass for many SCM certificates (see the module doc); the following
     /// [`check`](Self::check) of each of them uses it instead of listing again. Certificates
-    /// with another source are ignored. When the account holds more certificates than offset
-    /// paging reaches, the narrowed listings (one per configured name or domain) run up to
+    /// with another source are ignored. The listing is the index kept from earlier passes,
+    /// brought up to date with one page of recent changes, unless a full listing is due (none
+    /// yet, or the last is older than `full_every`). A full listing of an account larger than
+    /// offset paging reaches runs one narrowed listing per configured name or domain, up to
     /// `concurrency` at a time.
     pub async fn scm_candidates(
         &self,
         certs: &[&ManagedCertificate],
         concurrency: usize,
+        full_every: std::time::Duration,
     ) -> Result<Arc<ScmCandidates>, RenewError> {
         let selected: Vec<(&str, &ScmSelector)> = certs
             .iter()
@@ -160,39 +232,146 @@ impl Renewer {
                 CertificateSource::Pca(_) => None,
             })
             .collect();
-        let certificates = match self
+        let mut keywords: Vec<String> = Vec::new();
+        let mut seen = HashSet::new();
+        for (_, sel) in &selected {
+            let kw = match sel {
+                ScmSelector::Name(n) => n,
+                ScmSelector::Domain(d) => d,
+                ScmSelector::Id(_) => continue,
+            };
+            if seen.insert(kw.clone()) {
+                keywords.push(kw.clone());
+            }
+        }
+        let now = self.now();
+        // Taken out while the pass runs: a failed pass leaves no index, and the next one lists
+        // in full.
+        let kept = self
+            .scm_index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .filter(|index| {
+                let age = now - index.full_at;
+                !age.is_negative() && age < full_every
+            });
+        let index = match kept {
+            Some(index) => match self.scm_update_index(index, &keywords, concurrency).await? {
+                Some(index) => index,
+                None => self.scm_full_index(&keywords, concurrency).await?,
+            },
+            None => self.scm_full_index(&keywords, concurrency).await?,
+        };
+        let data = index.data.clone();
+        *self.scm_index.lock().unwrap_or_else(|p| p.into_inner()) = Some(index);
+        let mut g = self.scm_snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        *g = Some(Snapshot {
+            data: data.clone(),
+            taken_at: now,
+            unused: selected.iter().map(|(n, _)| n.to_string()).collect(),
+        });
+        Ok(data)
+    }
+
+    /// A full listing, and the change-detection page read just before it (so that a change
+    /// made during the listing shows as a change in the next pass).
+    async fn scm_full_index(
+        &self,
+        keywords: &[String],
+        concurrency: usize,
+    ) -> Result<ScmIndex, RenewError> {
+        let list_err = |e| RenewError::cloud("(scm)", "list SCM certificates", None, e);
+        let anchor = self
+            .client
+            .scm_list_certificates(&anchor_query())
+            .await
+            .map_err(list_err)?;
+        let (certificates, covered) = match self
             .client
             .scm_list_all_certificates(&list_query(None))
             .await
         {
-            Ok(all) => all,
+            Ok(all) => (all, None),
             Err(CloudError::Invalid(msg)) => {
                 tracing::info!(%msg, "too many SCM certificates for one pass; listing per name or domain");
-                let mut keywords: Vec<String> = Vec::new();
-                let mut seen = HashSet::new();
-                for (_, sel) in &selected {
-                    let kw = match sel {
-                        ScmSelector::Name(n) => n,
-                        ScmSelector::Domain(d) => d,
-                        ScmSelector::Id(_) => continue,
-                    };
-                    if seen.insert(kw.clone()) {
-                        keywords.push(kw.clone());
-                    }
-                }
-                self.scm_list_narrowed(keywords, concurrency).await?
+                let listed = self
+                    .scm_list_narrowed(keywords.to_vec(), concurrency)
+                    .await?;
+                (listed, Some(keywords.iter().cloned().collect()))
             }
-            Err(e) => {
-                return Err(RenewError::cloud("(scm)", "list SCM certificates", None, e));
-            }
+            Err(e) => return Err(list_err(e)),
         };
-        let data = Arc::new(ScmCandidates::new(self.now(), certificates));
-        let mut g = self.scm_snapshot.lock().unwrap_or_else(|p| p.into_inner());
-        *g = Some(Snapshot {
-            data: data.clone(),
-            unused: selected.iter().map(|(n, _)| n.to_string()).collect(),
-        });
-        Ok(data)
+        let now = self.now();
+        Ok(ScmIndex {
+            data: Arc::new(ScmCandidates::new(now, certificates)),
+            anchor: anchor.certificates.into_iter().map(|c| c.id).collect(),
+            full_at: now,
+            covered,
+        })
+    }
+
+    /// The kept index brought up to date from one page of recent changes (and a narrowed
+    /// listing of any keyword it does not cover yet); `None` when a full listing is needed.
+    async fn scm_update_index(
+        &self,
+        mut index: ScmIndex,
+        keywords: &[String],
+        concurrency: usize,
+    ) -> Result<Option<ScmIndex>, RenewError> {
+        let page = self
+            .client
+            .scm_list_certificates(&anchor_query())
+            .await
+            .map_err(|e| RenewError::cloud("(scm)", "list SCM certificates", None, e))?
+            .certificates;
+        let Some(changed) = changed_since(&page, &index.anchor) else {
+            tracing::info!("more SCM certificates changed than one page shows; listing them all");
+            return Ok(None);
+        };
+        let missing: Vec<String> = match &index.covered {
+            Some(covered) => keywords
+                .iter()
+                .filter(|k| !covered.contains(*k))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        if !changed.is_empty() || !missing.is_empty() {
+            let mut merged = index.data.certificates.clone();
+            let mut at: HashMap<String, usize> = merged
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.id.clone(), i))
+                .collect();
+            let mut add = |c: CertificateSummary| match at.get(&c.id) {
+                Some(&i) => merged[i] = c,
+                None => {
+                    at.insert(c.id.clone(), merged.len());
+                    merged.push(c);
+                }
+            };
+            for c in changed {
+                add(c.clone());
+            }
+            if !missing.is_empty() {
+                for c in self.scm_list_narrowed(missing.clone(), concurrency).await? {
+                    add(c);
+                }
+                if let Some(covered) = &mut index.covered {
+                    covered.extend(missing);
+                }
+            }
+            tracing::debug!(changed = changed.len(), "SCM listing brought up to date");
+            index.data = Arc::new(ScmCandidates::new(self.now(), merged));
+        }
+        index.anchor = page.into_iter().map(|c| c.id).collect();
+        Ok(Some(index))
+    }
+
+    /// Drops the kept listing: the next pass lists in full (a listed certificate was gone).
+    fn forget_scm_index(&self) {
+        *self.scm_index.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// One `content=<keyword>` listing per keyword, `concurrency` at a time, merged without
@@ -240,7 +419,7 @@ impl Renewer {
         let now = self.now();
         let mut g = self.scm_snapshot.lock().unwrap_or_else(|p| p.into_inner());
         let snap = g.as_mut()?;
-        let age = now - snap.data.taken_at;
+        let age = now - snap.taken_at;
         if age > SNAPSHOT_TTL || age.is_negative() {
             *g = None;
             return None;
@@ -455,6 +634,10 @@ impl Renewer {
     ) -> Result<(), RenewError> {
         let name = cert.name.as_str();
         let exported = self.client.scm_export_certificate(id).await.map_err(|e| {
+            if crate::cloud::scm::is_not_found(&e) {
+                // Deleted since it was listed: the kept listing is stale.
+                self.forget_scm_index();
+            }
             RenewError::cloud(name, &format!("export SCM certificate {id}"), None, e)
         })?;
         let candidate = Candidate {
@@ -476,5 +659,54 @@ impl Renewer {
         report.cloud_id = Some(id.to_string());
         report.took_install(bundle, outcome, self.pem_paths(cert).cert);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(ids: &[&str]) -> Vec<CertificateSummary> {
+        ids.iter()
+            .map(|id| CertificateSummary {
+                id: (*id).to_owned(),
+                ..CertificateSummary::default()
+            })
+            .collect()
+    }
+
+    fn ids(p: &[CertificateSummary]) -> Vec<&str> {
+        p.iter().map(|c| c.id.as_str()).collect()
+    }
+
+    #[test]
+    fn what_changed_is_in_front_of_the_tail_the_last_page_showed() {
+        let prev: Vec<String> = ["c", "b", "a"].iter().map(|s| s.to_string()).collect();
+        // Nothing new.
+        assert_eq!(
+            ids(changed_since(&page(&["c", "b", "a"]), &prev).expect("some")),
+            Vec::<&str>::new()
+        );
+        // Two imports.
+        assert_eq!(
+            ids(changed_since(&page(&["e", "d", "c", "b", "a"]), &prev).expect("some")),
+            ["e", "d"]
+        );
+        // `a` updated: it moves to the front, out of order.
+        assert_eq!(
+            ids(changed_since(&page(&["a", "c", "b"]), &prev).expect("some")),
+            ["a"]
+        );
+        // `b` deleted: the rest is still the old order.
+        assert_eq!(
+            ids(changed_since(&page(&["d", "c", "a"]), &prev).expect("some")),
+            ["d"]
+        );
+        // No previous page: everything is new.
+        assert_eq!(ids(changed_since(&page(&["x"]), &[]).expect("some")), ["x"]);
+        // A full page of changes: more may lie beyond it.
+        let full: Vec<String> = (0..ANCHOR_PAGE).map(|i| format!("n{i}")).collect();
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        assert!(changed_since(&page(&full), &prev).is_none());
     }
 }

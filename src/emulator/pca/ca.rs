@@ -35,8 +35,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
-use crate::cloud::pca::{CrlConfiguration, DistinguishedName};
-use crate::cloud::time::{from_epoch_ms, to_epoch_ms};
+use crate::emulator::wire::{
+    CrlConfiguration, DistinguishedName, epoch_ms as to_epoch_ms, from_epoch_ms, is_pca_id,
+};
 use crate::emulator::{ApiError, Shared, parse_json};
 use crate::pki;
 
@@ -288,7 +289,7 @@ fn e_key(e: pki::PkiError) -> ApiError {
 }
 
 fn is_uuid(s: &str) -> bool {
-    crate::cloud::pca::ca::is_uuid(s)
+    is_pca_id(s)
 }
 
 fn check_ca_id(id: &str) -> Result<(), ApiError> {

@@ -21,8 +21,9 @@ use time::OffsetDateTime;
 
 use super::ca::CaRecord;
 use super::keystore;
-use crate::cloud::pca::DistinguishedName;
-use crate::cloud::time::{from_epoch_ms, to_epoch_ms};
+use crate::emulator::wire::{
+    DistinguishedName, epoch_ms as to_epoch_ms, from_epoch_ms, is_pca_id, pem_lf,
+};
 use crate::emulator::{ApiError, Shared, parse_json};
 use crate::pki;
 
@@ -213,7 +214,7 @@ fn cert_not_found(id: &str) -> ApiError {
 }
 
 fn is_uuid(s: &str) -> bool {
-    crate::cloud::pca::cert::is_uuid(s)
+    is_pca_id(s)
 }
 
 fn check_cert_id(id: &str) -> Result<(), ApiError> {
@@ -784,8 +785,8 @@ fn api_dn(dn: &pki::DistinguishedName) -> DistinguishedName {
 
 /// The chain a certificate issued by `ca` carries: the CA itself, then its own chain to the root.
 fn chain_for(ca: &CaRecord) -> String {
-    let mut chain = crate::cloud::time::normalize_pem(ca.certificate_pem.as_deref().unwrap_or(""));
-    chain.push_str(&crate::cloud::time::normalize_pem(&ca.chain_pem));
+    let mut chain = pem_lf(ca.certificate_pem.as_deref().unwrap_or(""));
+    chain.push_str(&pem_lf(&ca.chain_pem));
     chain
 }
 
@@ -907,7 +908,7 @@ pub fn issue_certificate(
         create_time: to_epoch_ms(now),
         not_before: to_epoch_ms(p.not_before) / 1000 * 1000,
         not_after: to_epoch_ms(p.not_after) / 1000 * 1000,
-        certificate_pem: crate::cloud::time::normalize_pem(&certificate_pem),
+        certificate_pem: pem_lf(&certificate_pem),
         chain_pem: chain_for(ca),
         key_pem,
         subject_alternative_names: p
@@ -1136,7 +1137,7 @@ fn ca_record_json(
         "key_algorithm": key_algorithm,
         "signature_algorithm": signature_algorithm,
         "key_pem": key_pem,
-        "certificate_pem": crate::cloud::time::normalize_pem(certificate_pem),
+        "certificate_pem": pem_lf(certificate_pem),
         "chain_pem": chain_pem,
         "issuer_id": issuer_id,
         "path_length": path_length,
@@ -1184,7 +1185,7 @@ fn pem_crlf(label: &str, der: &[u8]) -> String {
 }
 
 fn crlf(pem: &str) -> String {
-    crate::cloud::time::normalize_pem(pem).replace('\n', "\r\n")
+    pem_lf(pem).replace('\n', "\r\n")
 }
 
 async fn show_quota(State(shared): State<Shared>) -> Response {

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ScmCertRecord, bad, bad_param, find_cert, from_unix, valid_enterprise_project_id};
-use crate::cloud::time::format_scm_time;
+use crate::emulator::wire::scm_time as format_scm_time;
 use crate::emulator::{ApiError, Shared, parse_json};
 
 /// Status values the list call accepts (the reference's three plus the SDK's states of purchased
@@ -268,7 +268,7 @@ pub async fn import(State(shared): State<Shared>, body: Bytes) -> Response {
 fn import_inner(shared: &Shared, body: &[u8]) -> Result<String, ApiError> {
     let b: ImportBody = parse_json(body, bad_param)?;
     let name = b.name.ok_or_else(|| bad_param("name is required"))?;
-    if !crate::cloud::scm::valid_name(&name) {
+    if !crate::emulator::wire::is_scm_name(&name) {
         return Err(bad(
             "SCM.0032",
             format!("Invalid certificate name {name:?}: 3 to 63 letters, digits, '_', '-' or '.'"),

@@ -3,7 +3,8 @@
 //! pushed / batch-pushed / deployed to ELB and WAF ([`deploy`]), every push recorded for
 //! `/_emulator/deployments`.
 //!
-//! Readings of the reference this emulator commits to (the client in `crate::cloud::scm` agrees):
+//! Readings of the reference this emulator commits to (the client in `crate::cloud::scm` agrees,
+//! but neither takes them from the other):
 //! - `offset` is a record offset (0..=100), not a page index.
 //! - `expired_days_since=N` keeps certificates still valid or expired at most N days ago
 //!   (the SDK's "证书在有效期内及最多过期xx天"); absent, nothing is filtered.
@@ -154,7 +155,7 @@ impl ScmStore {
 
     /// A fresh `scs` + 13-digit id, at least the clock's epoch milliseconds.
     fn next_id(&mut self, now: OffsetDateTime) -> String {
-        let ms = u64::try_from(crate::cloud::time::to_epoch_ms(now)).unwrap_or(0);
+        let ms = u64::try_from(crate::emulator::wire::epoch_ms(now)).unwrap_or(0);
         let mut n = ms.max(self.last_id + 1);
         while self.certificate(&format!("scs{n:013}")).is_some() {
             n += 1;
@@ -375,7 +376,7 @@ pub(crate) fn parse_import(
     Ok(Parsed {
         certificate_pem: leaf.to_pem(),
         chain_pem,
-        private_key_pem: crate::cloud::time::normalize_pem(private_key.trim()),
+        private_key_pem: crate::emulator::wire::pem_lf(private_key.trim()),
         domain,
         sans,
         not_before: leaf.not_before.unix_timestamp(),

@@ -1,5 +1,29 @@
-//! The CCM API client: SCM v3 (SSL certificates) and PCA v1 (private CAs and certificates),
-//! authenticated by AK/SK signature or IAM token.
+//! A typed async client for Huawei Cloud Certificate Manager (CCM): SCM v3 (SSL certificates)
+//! and PCA v1 (private CAs and certificates), authenticated by AK/SK signature or IAM token.
+//!
+//! # Example
+//! ```no_run
+//! use ccm_client::scm::ListCertificatesQuery;
+//! use ccm_client::{AkSk, Client, Credentials, Endpoints};
+//!
+//! # async fn example() -> Result<(), ccm_client::CloudError> {
+//! let credentials = Credentials::AkSk(AkSk::new("my-access-key", "my-secret-key"));
+//! let client = Client::builder(Endpoints::for_region("ap-southeast-1")?, credentials).build()?;
+//!
+//! // Every SSL certificate in SCM, page by page.
+//! let certificates = client
+//!     .scm_list_all_certificates(&ListCertificatesQuery::default())
+//!     .await?;
+//! for cert in &certificates {
+//!     println!("{} {} expires {:?}", cert.id, cert.name, cert.expire_time);
+//! }
+//!
+//! // A private CA's certificate and chain, in PEM.
+//! let ca = client.pca_export_ca_certificate("5e1a5b1c-2b47-4bd3-8e4c-4a3c4b7b3f10").await?;
+//! println!("{}", ca.certificate);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! One seam carries every call: build a [`Request`] → sign → send → decode. Operations live in
 //! [`scm`] and [`pca`]; they only describe requests and response types.
@@ -29,7 +53,7 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 pub use auth::{AkSk, Secret};
-pub use error::CloudError;
+pub use error::{CloudError, ErrorBody, NestedError};
 
 /// The default per-request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -707,39 +731,17 @@ fn api_error(
     headers: &reqwest::header::HeaderMap,
     body: &[u8],
 ) -> CloudError {
-    #[derive(serde::Deserialize, Default)]
-    struct ErrorBody {
-        error_code: Option<String>,
-        error_msg: Option<String>,
-        error: Option<NestedError>,
-    }
-    #[derive(serde::Deserialize, Default)]
-    struct NestedError {
-        code: Option<serde_json::Value>,
-        message: Option<String>,
-        title: Option<String>,
-    }
     let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
-    let nested = parsed.error.unwrap_or_default();
-    let code = parsed.error_code.or_else(|| {
-        nested.code.map(|c| match c {
-            serde_json::Value::String(s) => s,
-            other => other.to_string(),
-        })
+    let code = parsed.code();
+    let msg = parsed.message().unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(body);
+        let snippet: String = text.chars().take(200).collect();
+        if snippet.is_empty() {
+            "(no body)".to_owned()
+        } else {
+            snippet
+        }
     });
-    let msg = parsed
-        .error_msg
-        .or(nested.message)
-        .or(nested.title)
-        .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(body);
-            let snippet: String = text.chars().take(200).collect();
-            if snippet.is_empty() {
-                "(no body)".to_owned()
-            } else {
-                snippet
-            }
-        });
     let request_id = headers
         .get("X-Request-Id")
         .and_then(|v| v.to_str().ok())

@@ -84,6 +84,53 @@ impl CloudError {
     }
 }
 
+/// The body of an error answer. SCM and PCA send `{"error_code": "SCM.0008", "error_msg": ".."}`
+/// (every operation's 4xx/5xx examples in the reference); IAM nests it as
+/// `{"error": {"code": 401, "message": "..", "title": ".."}}`. Every field is optional: what is
+/// missing is filled from the status and the raw body.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_msg: Option<String>,
+    /// IAM's form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<NestedError>,
+}
+
+/// IAM's nested error object; `code` is a number there, a string elsewhere.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NestedError {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+impl ErrorBody {
+    /// The error code, from either form.
+    pub fn code(&self) -> Option<String> {
+        self.error_code.clone().or_else(|| {
+            let nested = self.error.as_ref()?.code.clone()?;
+            Some(match nested {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            })
+        })
+    }
+
+    /// The message, from either form (IAM's `message`, else its `title`).
+    pub fn message(&self) -> Option<String> {
+        self.error_msg.clone().or_else(|| {
+            let nested = self.error.as_ref()?;
+            nested.message.clone().or_else(|| nested.title.clone())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

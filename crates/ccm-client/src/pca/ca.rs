@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{CrlConfiguration, DistinguishedName, Validity};
-use crate::cloud::time::{epoch_ms_opt, normalize_pem};
-use crate::cloud::{Client, CloudError, Request, Service};
+use crate::time::{epoch_ms_opt, normalize_pem};
+use crate::{Client, CloudError, Request, Service};
 
 /// The collection path of CAs.
 const CAS: &str = "/v1/private-certificate-authorities";
@@ -579,31 +579,55 @@ fn ca_path(ca_id: &str, action: Option<&str>) -> Result<String, CloudError> {
     })
 }
 
-#[derive(Deserialize)]
-struct CaIdBody {
-    ca_id: String,
+/// The answer of `POST /v1/private-certificate-authorities`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateCaResponse {
+    pub ca_id: String,
 }
 
-#[derive(Deserialize)]
-struct CsrBody {
-    csr: String,
+/// The answer of `GET .../{ca_id}/csr`: the pending CA's CSR, PEM (with `\r\n` as sent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaCsrResponse {
+    pub csr: String,
 }
 
-#[derive(Deserialize)]
-struct QuotasBody {
+/// The answer of `GET /v1/private-certificate-authorities/quotas`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaQuotaResponse {
     #[serde(default)]
-    quotas: Quotas,
+    pub quotas: Quotas,
 }
 
-#[derive(Deserialize)]
-struct AgencyGranted {
+/// The body of `POST .../{ca_id}/revoke`: a reason, or `{}` (the service then records none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeCaRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RevocationReason>,
+}
+
+/// The answer of `GET .../obs/agencies`. Documented as the string `"true"`/`"false"`; a JSON
+/// boolean is read too.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObsAgencyResponse {
     #[serde(default)]
-    agency_granted: Option<serde_json::Value>,
+    pub agency_granted: Option<serde_json::Value>,
 }
 
-#[derive(Deserialize)]
-struct AgencyId {
-    agency_id: String,
+impl ObsAgencyResponse {
+    /// Whether PCA holds the agency (`"true"` or `true`).
+    pub fn granted(&self) -> bool {
+        match &self.agency_granted {
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            _ => false,
+        }
+    }
+}
+
+/// The answer of `POST .../obs/agencies`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateObsAgencyResponse {
+    pub agency_id: String,
 }
 
 impl Client {
@@ -653,7 +677,7 @@ impl Client {
     pub async fn pca_create_ca(&self, body: &CreateCaRequest) -> Result<String, CloudError> {
         body.check()?;
         let req = Request::post(Service::Pca, "create_certificate_authority", CAS).json(body)?;
-        let got: CaIdBody = self.call(req).await?;
+        let got: CreateCaResponse = self.call(req).await?;
         Ok(got.ca_id)
     }
 
@@ -664,7 +688,7 @@ impl Client {
             "show_certificate_authority_quota",
             format!("{CAS}/quotas"),
         );
-        let got: QuotasBody = self.call(req).await?;
+        let got: CaQuotaResponse = self.call(req).await?;
         Ok(got.quotas)
     }
 
@@ -702,7 +726,7 @@ impl Client {
             "show_certificate_authority_csr",
             ca_path(ca_id, Some("csr"))?,
         );
-        let got: CsrBody = self.call(req).await?;
+        let got: CaCsrResponse = self.call(req).await?;
         Ok(normalize_pem(&got.csr))
     }
 
@@ -730,10 +754,8 @@ impl Client {
         ca_id: &str,
         reason: Option<RevocationReason>,
     ) -> Result<(), CloudError> {
-        let body = match reason {
-            Some(r) => serde_json::json!({ "reason": r }),
-            None => serde_json::json!({}),
-        };
+        let body = serde_json::to_value(RevokeCaRequest { reason })
+            .map_err(|e| CloudError::Invalid(format!("revoke CA: cannot encode: {e}")))?;
         self.ca_action(ca_id, "revoke", "revoke_certificate_authority", Some(body))
             .await
     }
@@ -816,13 +838,8 @@ impl Client {
             "show_certificate_authority_obs_agency",
             format!("{CAS}/obs/agencies"),
         );
-        let got: AgencyGranted = self.call(req).await?;
-        // Documented as the string "true"/"false"; accept a JSON boolean too.
-        Ok(match got.agency_granted {
-            Some(serde_json::Value::Bool(b)) => b,
-            Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
-            _ => false,
-        })
+        let got: ObsAgencyResponse = self.call(req).await?;
+        Ok(got.granted())
     }
 
     /// Create the OBS agency; returns the agency id.
@@ -833,7 +850,7 @@ impl Client {
             format!("{CAS}/obs/agencies"),
         )
         .idempotent();
-        let got: AgencyId = self.call(req).await?;
+        let got: CreateObsAgencyResponse = self.call(req).await?;
         Ok(got.agency_id)
     }
 
@@ -911,7 +928,7 @@ mod tests {
         assert_eq!(ca.path_length, Some(7));
         assert_eq!(ca.common_name(), "CSR_123");
         assert_eq!(
-            ca.not_after.map(crate::cloud::time::to_epoch_ms),
+            ca.not_after.map(crate::time::to_epoch_ms),
             Some(1_678_159_435_000)
         );
         assert!(ca.delete_time.is_none());
@@ -974,7 +991,7 @@ mod tests {
 
     #[test]
     fn decodes_quota_and_buckets_examples() {
-        let q: QuotasBody = serde_json::from_str(
+        let q: CaQuotaResponse = serde_json::from_str(
             r#"{"quotas":{"resources":[{"type":"CERTIFICATE_AUTHORITY","used":25,"quota":100}]}}"#,
         )
         .expect("quota");

@@ -220,22 +220,22 @@ pub struct ListCertificatesResponse {
 }
 
 /// Body of `POST /v3/scm/certificates/import`.
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct ImportCertificateRequest {
     /// 3..63 characters of `[A-Za-z0-9_.-]`.
     pub name: String,
     /// The certificate PEM (≤ 4096 characters); may carry the chain after it when
     /// `certificate_chain` is not given.
     pub certificate: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_chain: Option<String>,
     /// Unencrypted private key PEM (≤ 4096 characters).
-    #[serde(serialize_with = "ser_secret")]
+    #[serde(serialize_with = "ser_secret", deserialize_with = "de_secret")]
     pub private_key: Secret,
     /// `true` refuses a certificate already held by the account (see the emulator docs).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicate_check: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enterprise_project_id: Option<String>,
 }
 
@@ -431,24 +431,52 @@ impl std::fmt::Debug for ExportedCertificate {
     }
 }
 
-#[derive(Deserialize)]
-struct ExportWire {
+/// The body of the export answer as sent (PEMs with `\r\n`); [`ExportedCertificate`] is what
+/// [`Client::scm_export_certificate`] makes of it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportCertificateResponse {
     #[serde(default, deserialize_with = "null_default")]
-    entire_certificate: String,
+    pub entire_certificate: String,
     #[serde(default, deserialize_with = "null_default")]
-    certificate: String,
+    pub certificate: String,
     #[serde(default, deserialize_with = "null_default")]
-    certificate_chain: String,
-    #[serde(default, deserialize_with = "null_default")]
-    private_key: String,
+    pub certificate_chain: String,
+    #[serde(
+        default,
+        serialize_with = "ser_secret",
+        deserialize_with = "de_secret_or_null"
+    )]
+    pub private_key: Secret,
 }
 
-/// Where a certificate can be pushed or deployed.
+impl std::fmt::Debug for ExportCertificateResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportCertificateResponse")
+            .field("certificate", &self.certificate)
+            .field("certificate_chain", &self.certificate_chain)
+            .field("private_key", &self.private_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<ExportCertificateResponse> for ExportedCertificate {
+    fn from(wire: ExportCertificateResponse) -> Self {
+        Self {
+            entire_certificate: normalize_pem(&wire.entire_certificate),
+            certificate: normalize_pem(&wire.certificate),
+            certificate_chain: normalize_pem(&wire.certificate_chain),
+            private_key: Secret::new(normalize_pem(wire.private_key.expose())),
+        }
+    }
+}
+
+/// Where a certificate can be pushed or deployed. Sent in upper case, as the tables write it;
+/// read in either case, as the reference's push examples write `"waf"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TargetService {
-    #[serde(rename = "ELB")]
+    #[serde(rename = "ELB", alias = "elb", alias = "Elb")]
     Elb,
-    #[serde(rename = "WAF")]
+    #[serde(rename = "WAF", alias = "waf", alias = "Waf")]
     Waf,
 }
 
@@ -696,15 +724,10 @@ impl Client {
         certificate_id: &str,
     ) -> Result<ExportedCertificate, CloudError> {
         let path = cert_path(certificate_id, "/export")?;
-        let wire: ExportWire = self
+        let wire: ExportCertificateResponse = self
             .call(Request::post(Service::Scm, "export_certificate", path).idempotent())
             .await?;
-        Ok(ExportedCertificate {
-            entire_certificate: normalize_pem(&wire.entire_certificate),
-            certificate: normalize_pem(&wire.certificate),
-            certificate_chain: normalize_pem(&wire.certificate_chain),
-            private_key: Secret::new(normalize_pem(&wire.private_key)),
-        })
+        Ok(wire.into())
     }
 
     /// `POST /v3/scm/certificates/{certificate_id}/push` to one region (204).
@@ -888,6 +911,16 @@ where
 
 fn ser_secret<S: Serializer>(v: &Secret, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(v.expose())
+}
+
+fn de_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+    Ok(Secret::new(String::deserialize(d)?))
+}
+
+fn de_secret_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+    Ok(Secret::new(
+        Option::<String>::deserialize(d)?.unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]

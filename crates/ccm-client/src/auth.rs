@@ -34,7 +34,7 @@ const SDK_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// A secret string: compared and used, never shown by `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{DistinguishedName, Validity};
-use crate::cloud::time::{epoch_ms_opt, normalize_pem};
-use crate::cloud::{Client, CloudError, Request, Service};
+use crate::time::{epoch_ms_opt, normalize_pem};
+use crate::{Client, CloudError, Request, Service};
 
 /// The most certificates one list call may return.
 pub const MAX_LIST_LIMIT: u32 = 1000;
@@ -219,7 +219,7 @@ pub struct CustomizedExtension {
 }
 
 /// Body of `POST /v1/private-certificates`: PCA generates the key and signs the certificate.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyCertificateRequest {
     pub issuer_id: String,
     /// `RSA2048`, `RSA4096`, `EC256`, `EC384`.
@@ -232,7 +232,7 @@ pub struct ApplyCertificateRequest {
     /// RFC 5280 names: `digitalSignature`, `keyEncipherment`, ...
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_usages: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alternative_names: Vec<SubjectAlternativeName>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extended_key_usage: Option<ExtendedKeyUsage>,
@@ -277,7 +277,7 @@ pub enum CsrCertificateType {
 }
 
 /// Body of `POST /v1/private-certificates/csr`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CsrCertificateRequest {
     pub issuer_id: String,
     /// PEM; at most [`MAX_CSR_LEN`] characters.
@@ -289,7 +289,7 @@ pub struct CsrCertificateRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path_length: Option<u8>,
     /// Reserved: the service ignores it (the CSR's own names are used).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alternative_names: Vec<SubjectAlternativeName>,
 }
 
@@ -304,6 +304,13 @@ impl CsrCertificateRequest {
             subject_alternative_names: Vec::new(),
         }
     }
+}
+
+/// Body of `POST /v1/private-certificates/csr/parse`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParseCsrRequest {
+    /// PEM; at most [`MAX_CSR_LEN`] characters.
+    pub csr: String,
 }
 
 /// What `POST /v1/private-certificates/csr/parse` reads out of a CSR.
@@ -335,26 +342,34 @@ pub struct QuotaResource {
     pub quota: u64,
 }
 
-#[derive(Deserialize)]
-struct QuotaBody {
-    quotas: QuotaList,
+/// The answer of `GET /v1/private-certificates/quotas`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateQuotaResponse {
+    pub quotas: CertificateQuotas,
 }
 
-#[derive(Deserialize)]
-struct QuotaList {
+/// The `quotas` object of [`CertificateQuotaResponse`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateQuotas {
     #[serde(default, deserialize_with = "null_as_empty")]
-    resources: Vec<QuotaResource>,
+    pub resources: Vec<QuotaResource>,
 }
 
-/// The server a certificate export is shaped for.
+/// The server a certificate export is shaped for. Sent in upper case, as the tables write it;
+/// read in either case, as the reference's export example writes `"other"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum ExportType {
+    #[serde(alias = "nginx")]
     Nginx,
+    #[serde(alias = "apache")]
     Apache,
+    #[serde(alias = "iis")]
     Iis,
+    #[serde(alias = "tomcat")]
     Tomcat,
     /// Plain PEM files.
+    #[serde(alias = "other")]
     Other,
 }
 
@@ -370,12 +385,30 @@ impl ExportType {
     }
 }
 
-#[derive(Serialize)]
-struct ExportBody {
-    /// The API takes the booleans as strings.
-    is_compressed: &'static str,
+/// Body of `POST /v1/private-certificates/{certificate_id}/export`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportCertificateRequest {
+    /// A zip package instead of JSON. Sent as the string `"true"`/`"false"`, as the official
+    /// SDK does; the reference's example writes a JSON boolean, and both are read.
+    #[serde(serialize_with = "ser_bool_str", deserialize_with = "de_bool_or_str")]
+    pub is_compressed: bool,
     #[serde(rename = "type")]
-    kind: ExportType,
+    pub kind: ExportType,
+}
+
+fn ser_bool_str<S: serde::Serializer>(v: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if *v { "true" } else { "false" })
+}
+
+fn de_bool_or_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Bool(b) => Ok(b),
+        serde_json::Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
+        serde_json::Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(false),
+        other => Err(serde::de::Error::custom(format!(
+            "is_compressed: expected true or false, got {other}"
+        ))),
+    }
 }
 
 /// An exported certificate (uncompressed export), PEMs normalised to `\n`.
@@ -401,14 +434,30 @@ impl std::fmt::Debug for ExportedCertificate {
     }
 }
 
-#[derive(Deserialize)]
-struct ExportWire {
+/// The answer of an uncompressed export as sent (PEMs with `\r\n`; no key for a certificate
+/// issued from a CSR); [`ExportedCertificate`] is what
+/// [`Client::export_private_certificate`] makes of it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportCertificateResponse {
     #[serde(default)]
-    certificate: Option<String>,
+    pub certificate: Option<String>,
     #[serde(default)]
-    certificate_chain: Option<String>,
+    pub certificate_chain: Option<String>,
     #[serde(default)]
-    private_key: Option<String>,
+    pub private_key: Option<String>,
+}
+
+impl std::fmt::Debug for ExportCertificateResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportCertificateResponse")
+            .field("certificate", &self.certificate)
+            .field("certificate_chain", &self.certificate_chain)
+            .field(
+                "private_key",
+                &self.private_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// Why a certificate is revoked.
@@ -426,15 +475,17 @@ pub enum RevokeReason {
     AttributeAuthorityCompromise,
 }
 
-#[derive(Serialize)]
-struct RevokeBody {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<RevokeReason>,
+/// Body of `POST /v1/private-certificates/{certificate_id}/revoke`: a reason, or `{}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeCertificateRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RevokeReason>,
 }
 
-#[derive(Deserialize)]
-struct IdBody {
-    certificate_id: String,
+/// The answer of apply and issue-via-CSR: the new certificate's (or intermediate CA's) id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateIdResponse {
+    pub certificate_id: String,
 }
 
 /// Check that `id` looks like a PCA id (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, hex).
@@ -564,7 +615,7 @@ impl Client {
             "/v1/private-certificates",
         )
         .json(body)?;
-        let id: IdBody = self.call(req).await?;
+        let id: CertificateIdResponse = self.call(req).await?;
         Ok(id.certificate_id)
     }
 
@@ -587,7 +638,7 @@ impl Client {
             "/v1/private-certificates/csr",
         )
         .json(body)?;
-        let id: IdBody = self.call(req).await?;
+        let id: CertificateIdResponse = self.call(req).await?;
         Ok(id.certificate_id)
     }
 
@@ -607,7 +658,9 @@ impl Client {
             "parse_certificate_signing_request",
             "/v1/private-certificates/csr/parse",
         )
-        .json(&serde_json::json!({ "csr": csr }))?
+        .json(&ParseCsrRequest {
+            csr: csr.to_owned(),
+        })?
         .idempotent();
         let mut parsed: ParsedCsr = self.call(req).await?;
         parsed.public_key = non_empty_pem(parsed.public_key);
@@ -621,7 +674,7 @@ impl Client {
             "show_certificate_quota",
             "/v1/private-certificates/quotas",
         );
-        let body: QuotaBody = self.call(req).await?;
+        let body: CertificateQuotaResponse = self.call(req).await?;
         Ok(body.quotas.resources)
     }
 
@@ -657,7 +710,7 @@ impl Client {
         kind: ExportType,
     ) -> Result<ExportedCertificate, CloudError> {
         let req = export_request(certificate_id, kind, false)?;
-        let wire: ExportWire = self.call(req).await?;
+        let wire: ExportCertificateResponse = self.call(req).await?;
         let certificate = non_empty_pem(wire.certificate).ok_or_else(|| CloudError::Decode {
             service: "pca",
             operation: "export_certificate",
@@ -700,7 +753,7 @@ impl Client {
             "revoke_certificate",
             format!("/v1/private-certificates/{certificate_id}/revoke"),
         )
-        .json(&RevokeBody { reason })?
+        .json(&RevokeCertificateRequest { reason })?
         .idempotent();
         self.call_empty(req).await
     }
@@ -717,8 +770,8 @@ fn export_request(
         "export_certificate",
         format!("/v1/private-certificates/{certificate_id}/export"),
     )
-    .json(&ExportBody {
-        is_compressed: if compressed { "true" } else { "false" },
+    .json(&ExportCertificateRequest {
+        is_compressed: compressed,
         kind,
     })?
     .idempotent())
@@ -778,7 +831,7 @@ mod tests {
         assert_eq!(c.status, CertificateStatus::Issued);
         assert_eq!(c.common_name(), Some("test.huawei.com"));
         assert_eq!(
-            c.not_after.map(crate::cloud::time::to_epoch_ms),
+            c.not_after.map(crate::time::to_epoch_ms),
             Some(1_665_539_214_000)
         );
         assert!(c.delete_time.is_none());
@@ -829,8 +882,8 @@ mod tests {
 
     #[test]
     fn export_and_revoke_bodies() {
-        let v = serde_json::to_value(ExportBody {
-            is_compressed: "false",
+        let v = serde_json::to_value(ExportCertificateRequest {
+            is_compressed: false,
             kind: ExportType::Nginx,
         })
         .expect("export");
@@ -838,9 +891,9 @@ mod tests {
             v,
             serde_json::json!({"is_compressed": "false", "type": "NGINX"})
         );
-        let v = serde_json::to_value(RevokeBody { reason: None }).expect("revoke");
+        let v = serde_json::to_value(RevokeCertificateRequest { reason: None }).expect("revoke");
         assert_eq!(v, serde_json::json!({}));
-        let v = serde_json::to_value(RevokeBody {
+        let v = serde_json::to_value(RevokeCertificateRequest {
             reason: Some(RevokeReason::CertificateAuthorityCompromise),
         })
         .expect("revoke");

@@ -881,7 +881,7 @@ mod tests {
             not_before: t("2029-01-01T00:00:00Z"),
             not_after: t(not_after),
             cert_path: "/x".into(),
-            info: Box::new(info),
+            info: Some(Box::new(info)),
         }
     }
 

@@ -879,6 +879,25 @@ async fn unit_state(
         .map(|p| (p.state, p.member.clone()))
 }
 
+/// [`unit_state`] on a connection kept open: for loops that must see a short-lived state.
+async fn poll_unit(
+    client: &mut etcd_client::Client,
+    generation: u64,
+    unit: &str,
+) -> Option<(ccm_agent::fleet::keys::UnitState, String)> {
+    let key = format!("{}/certs/www/deploy/{generation}/{unit}", procs::PREFIX);
+    let resp = client.get(key, None).await.ok()?;
+    let kv = resp.kvs().first()?;
+    let p: ccm_agent::fleet::keys::UnitProgress = serde_json::from_slice(kv.value()).ok()?;
+    Some((p.state, p.member))
+}
+
+async fn poller(etcd: &Etcd) -> etcd_client::Client {
+    etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .expect("etcd client")
+}
+
 fn slow(operation: &str, ms: u64) -> ccm_agent::emulator::FaultRule {
     ccm_agent::emulator::FaultRule {
         latency_ms: ms,
@@ -913,10 +932,11 @@ async fn sigkill_of_the_lock_holder_mid_deploy_never_repeats_a_call() {
     let mut members: Vec<Proc> = (1..=3)
         .map(|i| Proc::spawn(&setup, root.path(), &format!("member-{i}")))
         .collect();
+    let mut poll = poller(&etcd).await;
     let mut holder = String::new();
     let start = std::time::Instant::now();
     while holder.is_empty() {
-        if let Some((UnitState::Calling, who)) = unit_state(&etcd, 1, BATCH_WAF).await {
+        if let Some((UnitState::Calling, who)) = poll_unit(&mut poll, 1, BATCH_WAF).await {
             holder = who;
         }
         assert!(
@@ -1014,10 +1034,11 @@ async fn sigstop_past_the_lease_then_sigcont_is_fenced_off() {
     let members: Vec<Proc> = (1..=3)
         .map(|i| Proc::spawn(&setup, root.path(), &format!("member-{i}")))
         .collect();
+    let mut poll = poller(&etcd).await;
     let mut holder = String::new();
     let start = std::time::Instant::now();
     while holder.is_empty() {
-        if let Some((UnitState::Calling, who)) = unit_state(&etcd, 1, DEPLOY_ELB).await {
+        if let Some((UnitState::Calling, who)) = poll_unit(&mut poll, 1, DEPLOY_ELB).await {
             holder = who;
         }
         assert!(

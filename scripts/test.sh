@@ -44,9 +44,10 @@ cargo test --workspace --locked --all-targets
 cargo test --workspace --locked --doc
 
 echo "==> fleet mode (the cargo feature fleet: etcd): clippy, the dependency tree, its tests"
-# Only what the feature changes is built again: the library, the binary and the fleet tests
-# (they start private etcd servers, the emulator and ccm-agent processes).
-cargo clippy --locked --features fleet --lib --bins --test fleet_etcd --bench fleet -- -D warnings
+# Lints of every target with the feature (checked, not built); then only what the feature
+# changes is built and run: the library's unit tests and the fleet tests (they start private
+# etcd servers, the emulator and ccm-agent processes).
+cargo clippy --locked --features fleet --all-targets -- -D warnings
 if cargo tree --locked -e normal --features fleet | grep -E "aws-lc|openssl-sys"; then
     echo "error: aws-lc-rs or openssl-sys crept into the dependency tree (--features fleet)" >&2
     exit 1

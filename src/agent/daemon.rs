@@ -171,16 +171,17 @@ impl Agent {
 
     /// Take a new, already validated configuration: the certificates, their policies, outputs,
     /// reloads and cloud targets. Settings that only a restart changes (state directory,
-    /// endpoints and credentials, metrics address, schedule) are kept, with a warning.
+    /// endpoints and credentials, metrics address, schedule, `[fleet]`) are kept, with a warning.
     pub fn replace_config(&self, new: Arc<Config>) {
         let old = self.config();
         if new.agent.state_dir != old.agent.state_dir
             || new.cloud.endpoints != old.cloud.endpoints
             || new.metrics.listen != old.metrics.listen
             || new.agent.schedule.expression() != old.agent.schedule.expression()
+            || new.fleet != old.fleet
         {
             tracing::warn!(
-                "state_dir, cloud endpoints, metrics.listen and schedule changes take effect at the next restart"
+                "state_dir, cloud endpoints, metrics.listen, schedule and [fleet] changes take effect at the next restart"
             );
         }
         let names: Vec<&str> = new.certificates.iter().map(|c| c.name.as_str()).collect();

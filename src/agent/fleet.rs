@@ -191,8 +191,9 @@ impl Agent {
         self.fleet.get().cloned()
     }
 
-    /// After a fleet change: refresh the gauges and end the failure backoff of the fleet's
-    /// certificates (what they waited for may have arrived).
+    /// After a fleet change: refresh the gauges. (A certificate waiting out a failure's
+    /// backoff keeps waiting: ending it on every change would let the members of a fleet
+    /// whose cloud calls fail take turns at them as fast as the lock passes.)
     pub fn on_fleet_change(&self) {
         let config = self.config();
         let names: Vec<(String, FleetMode)> = config
@@ -202,18 +203,6 @@ impl Agent {
             .collect();
         if let Some(link) = self.fleet.get() {
             link.observe(&names);
-        }
-        let fleet_names: HashSet<&str> = names
-            .iter()
-            .filter(|(_, m)| *m != FleetMode::Local)
-            .map(|(n, _)| n.as_str())
-            .collect();
-        let now = std::time::Instant::now();
-        let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
-        for (name, (_, until)) in backoff.iter_mut() {
-            if fleet_names.contains(name.as_str()) {
-                *until = (*until).min(now);
-            }
         }
     }
 
@@ -867,5 +856,60 @@ impl DeployGate for FleetGate<'_> {
                 .await
                 .map_err(|e| e.to_string())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(fp: &str, not_after: &str) -> super::super::renew::CertSummary {
+        let t = |s: &str| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .expect("time")
+        };
+        let pem = rcgen::generate_simple_self_signed(vec!["x.test".to_owned()])
+            .expect("certificate")
+            .cert
+            .pem();
+        let info = crate::pki::parse_cert(&pem).expect("parses");
+        super::super::renew::CertSummary {
+            fingerprint_sha256: fp.into(),
+            serial: "01".into(),
+            subject_cn: None,
+            issuer_cn: None,
+            not_before: t("2029-01-01T00:00:00Z"),
+            not_after: t(not_after),
+            cert_path: "/x".into(),
+            info: Some(Box::new(info)),
+        }
+    }
+
+    fn generation(fp: &str, not_after: &str) -> Generation {
+        Generation {
+            generation: 3,
+            cloud_id: "c".into(),
+            fingerprint_sha256: fp.into(),
+            not_after: not_after.into(),
+            not_before: "2029-01-01T00:00:00Z".into(),
+            issued_by: "a".into(),
+            source: "pca".into(),
+        }
+    }
+
+    #[test]
+    fn when_a_member_installs_the_published_generation() {
+        let g = generation("AA", "2030-01-01T00:00:00Z");
+        assert!(should_install(None, &g, false), "nothing installed");
+        let same = summary("aa", "2030-01-01T00:00:00Z");
+        assert!(!should_install(Some(&same), &g, true), "already installed");
+        let older = summary("BB", "2029-06-01T00:00:00Z");
+        assert!(should_install(Some(&older), &g, false));
+        assert!(should_install(Some(&older), &g, true));
+        // Renewed alone during an outage, fresher than a generation that is due anyway: kept
+        // until the next generation; a fresh generation replaces it.
+        let fresher = summary("CC", "2031-01-01T00:00:00Z");
+        assert!(!should_install(Some(&fresher), &g, true));
+        assert!(should_install(Some(&fresher), &g, false));
     }
 }

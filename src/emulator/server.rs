@@ -203,27 +203,36 @@ async fn gate(State(shared): State<Shared>, req: Request, next: Next) -> Respons
     let (operation, needs_auth) = identified.unwrap_or(("", true));
     record.operation = operation.to_owned();
 
-    let fault = if operation.is_empty() {
-        None
-    } else {
-        shared.take_fault(operation, None)
-    };
-    let mut response = run_with_fault(
-        &shared,
-        fault.as_ref(),
-        &mut record,
-        needs_auth && identified.is_some(),
-        (&parts.method, &path, &raw_query, &parts.headers, &body),
-        next,
-        Request::from_parts(parts.clone(), Body::from(body.clone())),
-    )
-    .await;
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("X-Request-Id", v);
+    // A request that has arrived runs to completion on its own task, as in a real service:
+    // a client that disconnects or dies mid-call (during an injected latency, say) does not
+    // cancel what the call does; it only misses the answer.
+    let task = tokio::spawn(async move {
+        let fault = if operation.is_empty() {
+            None
+        } else {
+            shared.take_fault(operation, None)
+        };
+        let mut response = run_with_fault(
+            &shared,
+            fault.as_ref(),
+            &mut record,
+            needs_auth && identified.is_some(),
+            (&parts.method, &path, &raw_query, &parts.headers, &body),
+            next,
+            Request::from_parts(parts.clone(), Body::from(body.clone())),
+        )
+        .await;
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("X-Request-Id", v);
+        }
+        record.status = response.status().as_u16();
+        shared.record(record);
+        response
+    });
+    match task.await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(500, "APIGW.0500", "Internal error.").into_response(),
     }
-    record.status = response.status().as_u16();
-    shared.record(record);
-    response
 }
 
 async fn run_with_fault(

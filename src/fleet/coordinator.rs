@@ -95,7 +95,11 @@ pub fn connect_options(
         .with_connect_timeout(settings.timeout)
         .with_keep_alive(settings.lease_ttl / 2, settings.timeout);
     if let (Some(auth), Some(pw)) = (&settings.auth, password) {
-        opts = opts.with_user(auth.user.clone(), pw.expose().to_owned());
+        // etcd's auth tokens expire (5 minutes with the default simple tokens): get a new one
+        // when a request finds it expired.
+        opts = opts
+            .with_user(auth.user.clone(), pw.expose().to_owned())
+            .with_auto_token_refresh(true);
     }
     if let Some(tls) = &settings.tls {
         let read = |p: &std::path::Path| {
@@ -246,6 +250,10 @@ impl Coordinator {
                         tracing::warn!(member = %self.member.member_id, error = %e, "cannot join the fleet (etcd); working alone until it can");
                     }
                     failures = failures.saturating_add(1);
+                    if failures.is_multiple_of(4) {
+                        // Connect afresh now and then (a new token, the endpoints again).
+                        *self.client.lock().await = None;
+                    }
                 }
             }
             self.up.store(false, Ordering::SeqCst);

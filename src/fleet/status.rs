@@ -198,3 +198,112 @@ impl Report {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::keys::{Generation, Member, MemberStatus, UnitProgress};
+
+    fn member(id: &str, serves: &str) -> Member {
+        Member {
+            member_id: id.into(),
+            host_id: id.into(),
+            version: "t".into(),
+            serves: vec![serves.into()],
+            started_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    fn status(member: &str, name: &str, mode: &str, generation: u64, fp: &str) -> MemberStatus {
+        MemberStatus {
+            member: member.into(),
+            name: name.into(),
+            mode: mode.into(),
+            generation,
+            fingerprint_sha256: Some(fp.into()),
+            last_result: "ok".into(),
+            last_seen: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    fn generation(n: u64, fp: &str) -> Generation {
+        Generation {
+            generation: n,
+            cloud_id: "c".into(),
+            fingerprint_sha256: fp.into(),
+            not_after: "2030-01-01T00:00:00Z".into(),
+            not_before: "2029-01-01T00:00:00Z".into(),
+            issued_by: "a".into(),
+            source: "pca".into(),
+        }
+    }
+
+    #[test]
+    fn a_live_shared_member_behind_lags_and_a_gone_one_does_not() {
+        let mut s = FleetSnapshot {
+            members: vec![member("a", "www:shared"), member("b", "www:shared")],
+            ..FleetSnapshot::default()
+        };
+        s.generations.insert("www".into(), generation(2, "AA"));
+        s.statuses = vec![
+            status("a", "www", "shared", 2, "aa"),
+            status("b", "www", "shared", 1, "BB"),
+            status("gone", "www", "shared", 1, "BB"),
+        ];
+        let r = Report::from_snapshot(&s);
+        assert_eq!(r.lagging, vec!["b (www)".to_owned()]);
+        assert!(r.unhealthy());
+        let gone = r.rows.iter().find(|x| x.member == "gone").expect("row");
+        assert!(!gone.alive && !gone.lagging);
+        let a = r.rows.iter().find(|x| x.member == "a").expect("row");
+        assert!(a.matches, "fingerprints compare without case");
+        assert!(r.to_text().contains("LAGGING"));
+    }
+
+    #[test]
+    fn per_host_members_never_lag_and_needs_human_is_unhealthy() {
+        let mut s = FleetSnapshot {
+            members: vec![member("a", "api:per-host"), member("b", "api:per-host")],
+            ..FleetSnapshot::default()
+        };
+        s.generations.insert("api".into(), generation(1, "AA"));
+        s.statuses = vec![
+            status("a", "api", "per-host", 1, "AA"),
+            status("b", "api", "per-host", 0, "BB"),
+        ];
+        let r = Report::from_snapshot(&s);
+        assert!(r.lagging.is_empty(), "{r:?}");
+        assert!(!r.unhealthy());
+        s.units
+            .entry("api".into())
+            .or_default()
+            .entry(1)
+            .or_default()
+            .insert(
+                "push/ELB/r1".into(),
+                UnitProgress {
+                    state: UnitState::NeedsHuman,
+                    member: "a".into(),
+                    at: "t".into(),
+                    scm_id: None,
+                    detail: None,
+                },
+            );
+        let r = Report::from_snapshot(&s);
+        assert_eq!(r.needs_human, vec!["api: push/ELB/r1".to_owned()]);
+        assert!(r.unhealthy());
+        assert_eq!(r.certificates[0].units.get("needs_human"), Some(&1));
+    }
+
+    #[test]
+    fn a_member_without_a_status_yet_lags_behind_a_shared_generation() {
+        let mut s = FleetSnapshot {
+            members: vec![member("a", "www:shared"), member("new", "www:shared")],
+            ..FleetSnapshot::default()
+        };
+        s.generations.insert("www".into(), generation(1, "AA"));
+        s.statuses = vec![status("a", "www", "shared", 1, "AA")];
+        let r = Report::from_snapshot(&s);
+        assert_eq!(r.lagging, vec!["new (www)".to_owned()]);
+    }
+}

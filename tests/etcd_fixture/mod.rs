@@ -15,7 +15,11 @@ pub struct Etcd {
     child: Option<Child>,
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP /health and /metrics beside a TLS client port.
+    metrics_port: u16,
     dir: tempfile::TempDir,
+    /// Server TLS with client certificates: (CA, certificate, key) PEM files.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 fn free_port() -> u16 {
@@ -34,21 +38,57 @@ impl Etcd {
             child: None,
             client_port: free_port(),
             peer_port: free_port(),
+            metrics_port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
+            tls: None,
+        };
+        e.launch();
+        Some(e)
+    }
+
+    /// Starts one that serves clients over TLS only and requires a client certificate signed
+    /// by `ca` (`--client-cert-auth`).
+    pub fn start_tls(ca: PathBuf, cert: PathBuf, key: PathBuf) -> Option<Etcd> {
+        let bin = required::binary(&["etcd"], "etcd-server")?;
+        let mut e = Etcd {
+            bin,
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            metrics_port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            tls: Some((ca, cert, key)),
         };
         e.launch();
         Some(e)
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Plain HTTP: /health and /metrics.
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.metrics_port)
     }
 
     fn launch(&mut self) {
         let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("log");
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--listen-metrics-urls").arg(self.metrics_url());
+        if let Some((ca, cert, key)) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key)
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(ca);
+        }
+        let child = cmd
             .arg("--name")
             .arg("test")
             .arg("--data-dir")
@@ -74,7 +114,7 @@ impl Etcd {
     fn wait_healthy(&self) {
         let start = Instant::now();
         loop {
-            let ok = healthy_raw(self.client_port);
+            let ok = healthy_raw(self.metrics_port);
             if ok {
                 return;
             }

@@ -134,13 +134,30 @@ impl Agent {
             .collect();
         summary.skipped_backoff = selected.len() - due.len();
         self.prefetch(&due).await;
+        // A task is spawned only once it has its permit, and finished ones are collected as
+        // the loop goes: at most `concurrency` passes exist at a time. (Spawning every pass up
+        // front kept 10,000 unpolled futures of 8.8 KiB each: 86 MiB at 10,000 certificates.)
         let mut tasks = tokio::task::JoinSet::new();
+        let mut results: Vec<(usize, Result<CheckReport, PassError>)> =
+            Vec::with_capacity(due.len());
+        let collect = |joined: Result<_, tokio::task::JoinError>,
+                       results: &mut Vec<_>,
+                       summary: &mut CycleSummary| match joined {
+            Ok(r) => results.push(r),
+            // A task that panicked: counted; its certificate is retried next pass.
+            Err(_) => summary.failed += 1,
+        };
         for (i, cert) in due.iter().enumerate() {
+            let Ok(permit) = semaphore.clone().acquire_owned().await else {
+                break;
+            };
+            while let Some(joined) = tasks.try_join_next() {
+                collect(joined, &mut results, &mut summary);
+            }
             let cert = (*cert).clone();
             let agent = self.clone();
-            let semaphore = semaphore.clone();
             tasks.spawn(async move {
-                let _permit = semaphore.acquire_owned().await;
+                let _permit = permit;
                 let mut result = agent.pass(&cert, opts).await;
                 // Recorded as each certificate finishes: the parsed certificate and the
                 // installed set go as soon as the metrics have them, not at the pass's end.
@@ -160,14 +177,8 @@ impl Agent {
                 (i, result)
             });
         }
-        let mut results: Vec<(usize, Result<CheckReport, PassError>)> =
-            Vec::with_capacity(due.len());
         while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(r) => results.push(r),
-                // A task that panicked: counted; its certificate is retried next pass.
-                Err(_) => summary.failed += 1,
-            }
+            collect(joined, &mut results, &mut summary);
         }
         results.sort_by_key(|(i, _)| *i);
         let mut out = Vec::with_capacity(results.len());

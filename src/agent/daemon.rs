@@ -153,9 +153,10 @@ impl Agent {
         };
         if !read_only {
             // Before anything calls the cloud: what is installed is exported even if every
-            // call of the first pass fails.
+            // call of the first pass fails. The leaf only: the first pass reads the whole set.
             for cert in &agent.config().certificates {
-                agent.observe_installed(cert);
+                let leaf = agent.renewer.installed_leaf(cert);
+                agent.export_installed(&cert.name, source_name(cert), leaf.as_ref());
             }
         }
         Ok(agent)

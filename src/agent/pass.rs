@@ -472,7 +472,12 @@ impl Agent {
     /// The metrics of what is installed: the certificate's facts and readiness. The installed
     /// files are the truth, whatever the cloud answers: the daemon exports them at startup and
     /// after a failed check, so the expiry alerts keep working through an outage.
-    fn export_installed(&self, name: &str, source: &str, installed: Option<&CertSummary>) {
+    pub(super) fn export_installed(
+        &self,
+        name: &str,
+        source: &str,
+        installed: Option<&CertSummary>,
+    ) {
         if let Some(installed) = installed {
             self.metrics.set_read_error(name, false);
             if let Some(info) = installed.info.as_deref() {

@@ -721,6 +721,23 @@ impl Renewer {
         self.summary(cert)
     }
 
+    /// The installed leaf as cheaply as it can be read, for the metrics at startup: the
+    /// certificate file parsed, and the key, chain and full chain present. Whether they match is
+    /// the first check's to say (see [`Renewer::installed`]); reading it here too would double
+    /// the startup pass's local work.
+    pub fn installed_leaf(&self, cert: &ManagedCertificate) -> Option<CertSummary> {
+        let paths = self.pem_paths(cert);
+        if ![&paths.key, &paths.chain, &paths.fullchain]
+            .iter()
+            .all(|p| p.is_file())
+        {
+            return None;
+        }
+        let text = std::fs::read_to_string(&paths.cert).ok()?;
+        let info = pki::parse_cert(&text).ok()?;
+        Some(CertSummary::of_leaf(&info, paths.cert))
+    }
+
     /// What is on disk now, for the report.
     fn summary(&self, cert: &ManagedCertificate) -> Option<CertSummary> {
         let paths = self.output_paths(cert).ok()?;

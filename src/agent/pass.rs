@@ -3,9 +3,10 @@
 //! certificate; each stage consumes what the stage before it produced and reads nothing again
 //! that a stage already had.
 //!
-//! 1. **plan**: is it due, and why. [`Renewer::check`](super::renew::Renewer::check) reads the renewal record and the files
-//!    in place and decides (`pca_need` / `scm_need` in [`super::renew`], on the pure
-//!    [`crate::policy::decide`]); a dry run stops here with the planned steps.
+//! 1. **plan**: is it due, and why. [`Renewer::check`](super::renew::Renewer::check) reads
+//!    the renewal record and the files in place and decides (`pca_need` / `scm_need` in
+//!    [`super::renew`], on the pure [`crate::policy::decide`]); a dry run stops here with the
+//!    planned steps.
 //! 2. **obtain**: issue (PCA apply, or CSR with the key generated here), export (SCM), or
 //!    resume from the journal what an earlier run issued; the journal records an issuance
 //!    before the request and clears it after the install.
@@ -21,8 +22,9 @@
 //! 6. **publish** ([`Agent::publish`]): the cloud targets (`[certificates.deploy]`) are brought
 //!    up to date with the installed certificate: from the [`InstalledSet`] when this pass
 //!    installed it, the cloud id from the report.
-//! 7. **record** ([`Agent::run_pass`], once every certificate's stages ran): metrics, the log
-//!    line, backoff after a failure, and the status file, written once per pass.
+//! 7. **record** ([`Agent::run_pass`]): as each certificate's stages end, its metrics, log
+//!    line and backoff after a failure (then the parsed certificate is released); once every
+//!    certificate is done, the status file, written once per pass.
 //!
 //! The fan-out (selection, backoff, the pass-wide listings of [`Agent::prefetch`],
 //! `agent.concurrency` checks at a time) is the same for the daemon and `renew`.

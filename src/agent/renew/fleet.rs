@@ -149,20 +149,12 @@ impl Renewer {
         since: time::OffsetDateTime,
         known: &[&str],
     ) -> Result<Option<String>, RenewError> {
-        use crate::cloud::pca::cert::{
-            CertificateSortKey, CertificateStatus, ListCertificatesQuery, SortDir,
-        };
+        use crate::cloud::pca::cert::CertificateStatus;
         let CertificateSource::Pca(src) = &cert.source else {
             return Ok(None);
         };
         let cn = src.common_name();
-        let q = ListCertificatesQuery {
-            limit: Some(50),
-            name: Some(cn.chars().take(64).collect()),
-            sort_key: Some(CertificateSortKey::CreateTime),
-            sort_dir: Some(SortDir::Desc),
-            ..ListCertificatesQuery::default()
-        };
+        let q = super::pca::newest_with_common_name(src, super::pca::RECONCILE_PAGE);
         let list = self
             .client
             .list_private_certificates(&q)

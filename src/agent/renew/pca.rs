@@ -36,7 +36,7 @@ use crate::state::records::{CertRecord, Superseded};
 /// (clock skew between this host and PCA).
 pub const RECONCILE_SLACK: time::Duration = time::Duration::minutes(10);
 /// How many recent certificates with the common name reconciliation looks at.
-const RECONCILE_PAGE: u32 = 50;
+pub(super) const RECONCILE_PAGE: u32 = 50;
 
 const STEP_CSR: &str = "issue (POST /v1/private-certificates/csr)";
 const STEP_APPLY: &str = "issue (POST /v1/private-certificates)";
@@ -875,13 +875,7 @@ impl Renewer {
     ) -> Result<Option<String>, RenewError> {
         let name = cert.name.as_str();
         let cn = src.common_name();
-        let q = ListCertificatesQuery {
-            limit: Some(RECONCILE_PAGE),
-            name: Some(cn.chars().take(64).collect()),
-            sort_key: Some(CertificateSortKey::CreateTime),
-            sort_dir: Some(SortDir::Desc),
-            ..ListCertificatesQuery::default()
-        };
+        let q = newest_with_common_name(src, RECONCILE_PAGE);
         let list = self
             .client
             .list_private_certificates(&q)
@@ -1083,6 +1077,19 @@ fn exact_lifetime(src: &PcaSource) -> Option<time::Duration> {
         ValidityUnit::Day => Some(time::Duration::days(v)),
         ValidityUnit::Hour => Some(time::Duration::hours(v)),
         ValidityUnit::Month | ValidityUnit::Year => None,
+    }
+}
+
+/// The listing that finds what was issued for `src`: its common name (the API's 64-character
+/// limit), newest first. Used to reconcile an issuance whose outcome is unknown, here and in
+/// fleet mode.
+pub(super) fn newest_with_common_name(src: &PcaSource, limit: u32) -> ListCertificatesQuery {
+    ListCertificatesQuery {
+        limit: Some(limit),
+        name: Some(src.common_name().chars().take(64).collect()),
+        sort_key: Some(CertificateSortKey::CreateTime),
+        sort_dir: Some(SortDir::Desc),
+        ..ListCertificatesQuery::default()
     }
 }
 

@@ -136,7 +136,7 @@ async fn main() {
             source: "pca".into(),
         };
         let start = Instant::now();
-        leader.publish("www", &g).await.expect("publish");
+        leader.publish("www", &g, None).await.expect("publish");
         loop {
             if members
                 .iter()

@@ -43,8 +43,25 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum FleetCommand {
     /// Members × certificates: generation, whether the fingerprint matches the fleet's, last
-    /// result, last seen. Exits 1 when a live member lags or a deploy unit needs a human.
+    /// result, last seen, and where each rollout stands. Exits 1 when a live member lags, a
+    /// deploy unit needs a human, or a rollout is halted.
     Status(StatusArgs),
+    /// Halt the rollout of a shared certificate's new generation: members that have it keep
+    /// it, the others stay on the previous generation.
+    Halt(RolloutArgs),
+    /// Resume a halted rollout (members that failed try again), or start a rolled-back
+    /// generation over from its canaries.
+    Resume(RolloutArgs),
+    /// Send every member back to the previous generation (still valid; checked).
+    Rollback(RolloutArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RolloutArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The certificate's name.
+    pub name: String,
 }
 
 #[derive(Debug, clap::Args)]

@@ -113,7 +113,117 @@ fn main() -> ExitCode {
             block_on(run_emulator(args))
         }
         Command::Fleet(cli::FleetCommand::Status(args)) => fleet_status(args),
+        Command::Fleet(cli::FleetCommand::Halt(args)) => {
+            fleet_rollout(cli.log_format.as_deref(), args, "halt")
+        }
+        Command::Fleet(cli::FleetCommand::Resume(args)) => {
+            fleet_rollout(cli.log_format.as_deref(), args, "resume")
+        }
+        Command::Fleet(cli::FleetCommand::Rollback(args)) => {
+            fleet_rollout(cli.log_format.as_deref(), args, "rollback")
+        }
     }
+}
+
+/// The `[fleet]` settings and the etcd password of a configuration, or the exit code.
+#[cfg(feature = "fleet")]
+fn fleet_settings(
+    config: &Config,
+) -> Result<(ccm_agent::fleet::FleetSettings, Option<Secret>), ExitCode> {
+    let Some(settings) = config.fleet.clone() else {
+        logging::print_error(format_args!(
+            "{}: no [fleet] section: this host is not in a fleet",
+            config.source_name
+        ));
+        return Err(ExitCode::from(EXIT_CONFIG));
+    };
+    let password = match &settings.auth {
+        Some(a) => match a.password.resolve(&|k| std::env::var(k).ok()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                logging::print_error(format_args!("fleet.password ({}): {e}", a.password));
+                return Err(ExitCode::from(EXIT_CONFIG));
+            }
+        },
+        None => None,
+    };
+    Ok((settings, password))
+}
+
+/// `ccm-agent fleet halt|resume|rollback NAME`: one compare-and-swap transaction on the
+/// certificate's rollout, logged for the audit with who ran it.
+#[cfg(feature = "fleet")]
+fn fleet_rollout(log_format: Option<&str>, args: cli::RolloutArgs, command: &str) -> ExitCode {
+    use ccm_agent::fleet::coordinator::{RolloutCommand, rollout_command};
+    let Some(config) = load_config(&args.config.config) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    init_tracing(log_format, Some(&config));
+    let (settings, password) = match fleet_settings(&config) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let Some(cert) = config.certificate(&args.name) else {
+        logging::print_error(format_args!(
+            "{}: no certificate named {:?} in this configuration",
+            config.source_name, args.name
+        ));
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    if cert.fleet != ccm_agent::fleet::FleetMode::Shared {
+        logging::print_error(format_args!(
+            "certificate {:?} is not fleet = \"shared\": it has no rollout",
+            args.name
+        ));
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let cmd = match command {
+        "halt" => RolloutCommand::Halt,
+        "resume" => RolloutCommand::Resume,
+        _ => RolloutCommand::Rollback,
+    };
+    let user = ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "unknown".to_owned());
+    let by = format!("{user}@{}", settings.member_id);
+    block_on(async move {
+        match rollout_command(
+            &settings,
+            password.as_ref(),
+            &args.name,
+            cmd,
+            &by,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        {
+            Ok(done) => {
+                tracing::warn!(
+                    event = "fleet_command", command = cmd.as_str(), certificate = %args.name,
+                    by = %by, "{done}"
+                );
+                println!("{done}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                tracing::error!(
+                    event = "fleet_command", command = cmd.as_str(), certificate = %args.name,
+                    by = %by, error = %e, "refused"
+                );
+                logging::print_error(format_args!("fleet {}: {e}", cmd.as_str()));
+                Ok(ExitCode::from(EXIT_FAILURE))
+            }
+        }
+    })
+}
+
+#[cfg(not(feature = "fleet"))]
+fn fleet_rollout(_log_format: Option<&str>, _args: cli::RolloutArgs, _command: &str) -> ExitCode {
+    logging::print_error(
+        "this ccm-agent was built without fleet support (the cargo feature `fleet`)",
+    );
+    ExitCode::from(EXIT_CONFIG)
 }
 
 /// `ccm-agent fleet status`: one read of the fleet's keys, as a table or JSON.
@@ -122,28 +232,18 @@ fn fleet_status(args: StatusArgs) -> ExitCode {
     let Some(config) = load_config(&args.config.config) else {
         return ExitCode::from(EXIT_CONFIG);
     };
-    let Some(settings) = config.fleet.clone() else {
-        logging::print_error(format_args!(
-            "{}: no [fleet] section: this host is not in a fleet",
-            config.source_name
-        ));
-        return ExitCode::from(EXIT_CONFIG);
-    };
-    let password = match &settings.auth {
-        Some(a) => match a.password.resolve(&|k| std::env::var(k).ok()) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                logging::print_error(format_args!("fleet.password ({}): {e}", a.password));
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        },
-        None => None,
+    let (settings, password) = match fleet_settings(&config) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     block_on(async move {
         let snapshot = ccm_agent::fleet::coordinator::snapshot(&settings, password.as_ref())
             .await
             .context("reading the fleet from etcd")?;
-        let report = ccm_agent::fleet::status::Report::from_snapshot(&snapshot);
+        let report = ccm_agent::fleet::status::Report::from_snapshot(
+            &snapshot,
+            time::OffsetDateTime::now_utc(),
+        );
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
@@ -458,12 +558,90 @@ fn renew(config: Config, args: RenewArgs) -> ExitCode {
                 ),
             }
         }
+        if args.dry_run {
+            for line in dry_run_fleet(&config, &pass.results).await {
+                println!("{line}");
+            }
+        }
         Ok(if pass.summary.failed > 0 {
             ExitCode::from(EXIT_FAILURE)
         } else {
             ExitCode::SUCCESS
         })
     })
+}
+
+/// What a dry run says of the shared certificates it covered: the fleet's generation, where
+/// its rollout stands and what this member does next (one read of etcd).
+#[cfg(feature = "fleet")]
+async fn dry_run_fleet<T>(
+    config: &Config,
+    results: &[(ccm_agent::config::ManagedCertificate, T)],
+) -> Vec<String> {
+    use ccm_agent::fleet::FleetMode;
+    let names: Vec<&str> = results
+        .iter()
+        .filter(|(c, _)| c.fleet == FleetMode::Shared)
+        .map(|(c, _)| c.name.as_str())
+        .collect();
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let Ok((settings, password)) = fleet_settings(config) else {
+        return Vec::new();
+    };
+    let snapshot = match ccm_agent::fleet::coordinator::snapshot(&settings, password.as_ref()).await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            return vec![format!(
+                "fleet: cannot read the fleet's state from etcd: {e}"
+            )];
+        }
+    };
+    let me = settings.member_id.as_str();
+    let now = time::OffsetDateTime::now_utc();
+    let mut out = Vec::new();
+    for name in names {
+        let Some(g) = snapshot.generations.get(name) else {
+            out.push(format!(
+                "{name}: fleet: no generation published yet; the member that takes the lock issues the first"
+            ));
+            continue;
+        };
+        match snapshot.assess(name, now) {
+            None => out.push(format!(
+                "{name}: fleet: generation {} published by {} (no staged rollout: every member installs it at once)",
+                g.generation, g.issued_by
+            )),
+            Some((_, r, a)) => {
+                out.push(format!(
+                    "{name}: fleet: rollout of generation {} over {}: {}; next: {}",
+                    r.generation, r.previous.generation, a.stage, a.next
+                ));
+                out.push(if a.admits(me) {
+                    format!(
+                        "{name}: fleet: this member ({me}) is admitted: it serves generation {}",
+                        r.generation
+                    )
+                } else {
+                    format!(
+                        "{name}: fleet: this member ({me}) is not admitted: it keeps generation {}",
+                        r.previous.generation
+                    )
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(not(feature = "fleet"))]
+async fn dry_run_fleet<T>(
+    _config: &Config,
+    _results: &[(ccm_agent::config::ManagedCertificate, T)],
+) -> Vec<String> {
+    Vec::new()
 }
 
 /// What a dry run can say about the certificate it would deploy: the one installed now (the

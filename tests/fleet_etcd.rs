@@ -154,7 +154,7 @@ async fn the_fence_refuses_a_member_whose_lease_expired() {
         issued_by: "a".into(),
         source: "pca".into(),
     };
-    let err = a.publish("www", &g).await.expect_err("refused");
+    let err = a.publish("www", &g, None).await.expect_err("refused");
     assert!(matches!(err, FleetError::Fenced { .. }), "{err}");
     let units = b.units("www", 1);
     assert_eq!(
@@ -223,7 +223,7 @@ async fn a_published_generation_reaches_the_other_members_through_the_watch() {
         issued_by: "a".into(),
         source: "pca".into(),
     };
-    members[0].publish("www", &g).await.expect("publish");
+    members[0].publish("www", &g, None).await.expect("publish");
     tokio::time::timeout(Duration::from_secs(5), notified)
         .await
         .expect("c is notified");
@@ -384,7 +384,7 @@ async fn tls_client_certificates_and_password_auth() {
         issued_by: "good".into(),
         source: "pca".into(),
     };
-    good.publish("www", &g).await.expect("publish");
+    good.publish("www", &g, None).await.expect("publish");
     let (a, pw) = auth("wrong").expect("auth");
     let wrong_pw = Coordinator::start(
         with("wrong-pw", Some(tls.clone()), Some(a)),

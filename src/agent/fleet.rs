@@ -28,6 +28,7 @@ use super::renew::{CheckOptions, CheckReport, Warning, WarningKind, rfc3339};
 use crate::config::{CertificateSource, ManagedCertificate};
 use crate::deploy::{self, DeployGate, DeploySpec, GateFuture};
 use crate::fleet::keys::{Generation, MemberStatus, UnitProgress, UnitState};
+use crate::fleet::rollout::{self, MemberResult, Stage};
 use crate::fleet::{Coordinator, FleetError, FleetMode};
 use crate::policy::{self, Lifetime};
 
@@ -35,6 +36,8 @@ use crate::policy::{self, Lifetime};
 pub struct FleetLink {
     pub coordinator: Arc<Coordinator>,
     last_status: Mutex<HashMap<String, MemberStatus>>,
+    /// The rollout stage last seen per certificate, to log each change once.
+    stages: Mutex<HashMap<String, (u64, Stage)>>,
     metrics: FleetMetrics,
 }
 
@@ -47,6 +50,7 @@ struct FleetMetrics {
     lag: prometheus::IntGaugeVec,
     needs_human: prometheus::IntGaugeVec,
     emergency: prometheus::IntCounterVec,
+    rollout_state: prometheus::IntGaugeVec,
 }
 
 impl FleetMetrics {
@@ -90,6 +94,13 @@ impl FleetMetrics {
                 ),
                 &["name"],
             )?,
+            rollout_state: prometheus::IntGaugeVec::new(
+                prometheus::Opts::new(
+                    "ccm_agent_fleet_rollout_state",
+                    "1 for the stage the rollout of the certificate's published generation is in (canary, rolling, done, halted, rolled_back); done when it has no rollout.",
+                ),
+                &["name", "state"],
+            )?,
         };
         registry.register(Box::new(m.up.clone()))?;
         registry.register(Box::new(m.members.clone()))?;
@@ -99,6 +110,7 @@ impl FleetMetrics {
         registry.register(Box::new(m.lag.clone()))?;
         registry.register(Box::new(m.needs_human.clone()))?;
         registry.register(Box::new(m.emergency.clone()))?;
+        registry.register(Box::new(m.rollout_state.clone()))?;
         Ok(m)
     }
 }
@@ -111,12 +123,13 @@ impl FleetLink {
         Ok(FleetLink {
             coordinator,
             last_status: Mutex::new(HashMap::new()),
+            stages: Mutex::new(HashMap::new()),
             metrics: FleetMetrics::register(registry)?,
         })
     }
 
     /// Refreshes the gauges that follow the coordinator (called on every fleet change).
-    pub fn observe(&self, names: &[(String, FleetMode)]) {
+    pub fn observe(&self, names: &[(String, FleetMode)], now: time::OffsetDateTime) {
         let c = &self.coordinator;
         self.metrics.up.set(i64::from(c.is_up()));
         if c.is_up() {
@@ -137,6 +150,46 @@ impl FleetLink {
                 .generation
                 .with_label_values(&[name])
                 .set(i64::try_from(published).unwrap_or(i64::MAX));
+            if *mode == FleetMode::Shared && c.is_up() {
+                let assessed = c.assess(name, now);
+                let stage = assessed.as_ref().map_or(Stage::Done, |(_, _, a)| a.stage);
+                if let Some((g, _, a)) = &assessed {
+                    self.log_stage(name, g.generation, a);
+                }
+                for s in Stage::ALL {
+                    self.metrics
+                        .rollout_state
+                        .with_label_values(&[name, s.as_str()])
+                        .set(i64::from(s == stage));
+                }
+            }
+        }
+    }
+}
+
+impl FleetLink {
+    /// Logs a rollout's change of stage once per member (the audit trail on every host: who
+    /// halted, resumed or rolled back, and which member's failure halted it).
+    fn log_stage(&self, name: &str, generation: u64, a: &rollout::Assessment) {
+        let mut stages = self.stages.lock().unwrap_or_else(|p| p.into_inner());
+        let before = stages.insert(name.to_owned(), (generation, a.stage));
+        if before == Some((generation, a.stage)) {
+            return;
+        }
+        let from = before
+            .filter(|(g, _)| *g == generation)
+            .map_or("new", |(_, s)| s.as_str());
+        let why = a.halt.as_ref().map(|h| format!("{} ({})", h.reason, h.by));
+        match a.stage {
+            Stage::Halted | Stage::RolledBack => tracing::warn!(
+                event = "rollout", certificate = %name, generation, from, stage = %a.stage,
+                reason = why.as_deref().unwrap_or(""), next = %a.next,
+                "the rollout changed stage"
+            ),
+            _ => tracing::info!(
+                event = "rollout", certificate = %name, generation, from, stage = %a.stage,
+                next = %a.next, "the rollout changed stage"
+            ),
         }
     }
 }
@@ -202,7 +255,7 @@ impl Agent {
             .map(|c| (c.name.clone(), c.fleet))
             .collect();
         if let Some(link) = self.fleet.get() {
-            link.observe(&names);
+            link.observe(&names, self.clock.now());
         }
     }
 
@@ -244,7 +297,17 @@ impl Agent {
         if report.install_changed
             && let Some(set) = report.installed_set.as_deref()
         {
-            self.activate(cert, set).await?;
+            let activated = self.activate(cert, set).await;
+            if let Err(e) = &activated
+                && cert.fleet == FleetMode::Shared
+            {
+                self.report_failure(link, cert, set.bundle.fingerprint_sha256(), e)
+                    .await;
+            }
+            activated?;
+        }
+        if cert.fleet == FleetMode::Shared {
+            self.report_success(link, cert, &report).await;
         }
         if cert.fleet == FleetMode::PerHost && f.is_up() {
             self.per_host_publish(link, cert, &report, took).await?;
@@ -272,17 +335,43 @@ impl Agent {
         if !f.is_up() {
             return self.alone(link, cert, opts).await;
         }
+        let now = self.clock.now();
         let g = f.generation(name);
         let local = self.renewer.installed(cert);
-        let g_due = match &g {
-            None => true,
-            Some(g) => lifetime(g).is_none_or(|l| {
+        let rollout = f.assess(name, now);
+        // What the fleet serves: the published generation, or the previous one while it is
+        // rolled back. Renewal is decided on it.
+        let basis = match &rollout {
+            Some((_, r, a)) if a.stage == Stage::RolledBack => Some(r.previous.clone()),
+            _ => g.clone(),
+        };
+        let due_on = |g: &Generation| {
+            lifetime(g).is_none_or(|l| {
                 self.renewer
                     .renewal_decision(cert, l.not_before, l.not_after)
                     .is_ok()
-            }),
+            })
         };
-        let due = g_due || opts.force;
+        let g_due = basis.as_ref().is_none_or(due_on);
+        let mut due = g_due || opts.force;
+        let mut notes = Vec::new();
+        if let Some((_, r, a)) = &rollout
+            && due
+            && matches!(a.stage, Stage::Canary | Stage::Rolling | Stage::Halted)
+        {
+            // A new generation would bypass the rollout (and its halt): only at the emergency
+            // floor of what the members serve.
+            if !self.at_emergency_floor(cert, &r.previous, now) {
+                due = false;
+                notes.push(Warning::new(
+                    WarningKind::State,
+                    format!(
+                        "the rollout of generation {} is {}: no new generation until it is done, rolled back, or the previous one reaches its emergency floor",
+                        r.generation, a.stage
+                    ),
+                ));
+            }
+        }
         if due {
             match f.try_lock(name).await {
                 Ok(held) => *took = held,
@@ -293,15 +382,20 @@ impl Agent {
             }
         }
         if *took {
-            if let Some(g) = &g
-                && should_install(local.as_ref(), g, g_due)
+            // Bring the files to what this member should serve before issuing over it.
+            if let Some(t) = self.target(f, name, now)
+                && should_install(local.as_ref(), &t, g_due)
             {
                 self.renewer
-                    .install_published(cert, &g.cloud_id, Some(&g.fingerprint_sha256))
+                    .install_published(cert, &t.cloud_id, Some(&t.fingerprint_sha256))
                     .await?;
             }
-            if let Some(report) = self.adopt_interrupted(f, cert, g.as_ref()).await? {
-                return Ok(report);
+            let served_before = self.renewer.installed(cert);
+            if let Some(report) = self
+                .adopt_interrupted(f, cert, g.as_ref(), basis.as_ref())
+                .await?
+            {
+                return self.hold_back(f, cert, report, served_before).await;
             }
             // The fence before the billed call: a member that lost the lock stops here.
             f.mark_issuing(name, g.as_ref().map_or(0, |g| g.generation))
@@ -309,20 +403,23 @@ impl Agent {
                 .map_err(fleet_error(name))?;
             let report = self.renewer.check(cert, opts).await?;
             if self
-                .publish_installed(f, cert, &report, g.as_ref())
+                .publish_installed(f, cert, &report, g.as_ref(), basis.as_ref())
                 .await?
                 .is_none()
             {
                 f.clear_issuing(name).await.map_err(fleet_error(name))?;
+                return Ok(report);
             }
-            return Ok(report);
+            return self.hold_back(f, cert, report, served_before).await;
         }
-        match &g {
-            Some(g) if should_install(local.as_ref(), g, g_due) => Ok(self
-                .renewer
-                .install_published(cert, &g.cloud_id, Some(&g.fingerprint_sha256))
-                .await?),
-            Some(_) => Ok(self.renewer.observe(cert)?),
+        let target = self.target(f, name, now);
+        let mut report = match &target {
+            Some(t) if should_install(local.as_ref(), t, g_due) => {
+                self.renewer
+                    .install_published(cert, &t.cloud_id, Some(&t.fingerprint_sha256))
+                    .await?
+            }
+            Some(_) => self.renewer.observe(cert)?,
             None => {
                 let mut r = self.renewer.observe(cert)?;
                 let holder = f
@@ -332,8 +429,168 @@ impl Agent {
                     WarningKind::State,
                     format!("waiting for the fleet's first generation of this certificate (lock held by {holder})"),
                 ));
-                Ok(r)
+                r
             }
+        };
+        report.warnings.extend(notes);
+        // Waiting for the canaries' soak: wake when it ends (no etcd event marks it).
+        if let Some((_, _, a)) = &rollout
+            && let Some(until) = a.soak_until
+            && !a.admits(f.member_id())
+        {
+            report.next_renewal = Some(report.next_renewal.map_or(until, |t| t.min(until)));
+        }
+        Ok(report)
+    }
+
+    /// The generation this member should serve: the published one, or the previous one while
+    /// the rollout does not admit this member (see [`crate::fleet::rollout`]).
+    fn target(&self, f: &Coordinator, name: &str, now: time::OffsetDateTime) -> Option<Generation> {
+        match f.assess(name, now) {
+            Some((_, r, a)) if !a.admits(f.member_id()) => Some(r.previous),
+            _ => f.generation(name),
+        }
+    }
+
+    /// Whether generation `g` is inside its emergency floor by this member's policy.
+    fn at_emergency_floor(
+        &self,
+        cert: &ManagedCertificate,
+        g: &Generation,
+        now: time::OffsetDateTime,
+    ) -> bool {
+        lifetime(g).is_none_or(|l| policy::emergency_time(&l, &cert.renew) <= now)
+    }
+
+    /// After the holder published a generation with a rollout that does not admit it: its
+    /// files go back to what it served before (nothing was activated in between, so nothing
+    /// to reload); it installs the new generation when the rollout admits it, like any member.
+    async fn hold_back(
+        &self,
+        f: &Coordinator,
+        cert: &ManagedCertificate,
+        report: CheckReport,
+        served_before: Option<super::renew::CertSummary>,
+    ) -> Result<CheckReport, PassError> {
+        let name = cert.name.as_str();
+        let Some(t) = self.target(f, name, self.clock.now()) else {
+            return Ok(report);
+        };
+        let installed = report
+            .installed
+            .as_ref()
+            .map(|i| i.fingerprint_sha256.clone());
+        if installed.is_some_and(|fp| fp.eq_ignore_ascii_case(&t.fingerprint_sha256)) {
+            return Ok(report);
+        }
+        tracing::info!(
+            certificate = %name, generation = t.generation,
+            "the rollout does not admit this member yet: keeping the generation it serves"
+        );
+        let mut back = self
+            .renewer
+            .install_published(cert, &t.cloud_id, Some(&t.fingerprint_sha256))
+            .await?;
+        if served_before.is_some_and(|s| {
+            s.fingerprint_sha256
+                .eq_ignore_ascii_case(&t.fingerprint_sha256)
+        }) {
+            // The same files as before the pass: nothing to activate.
+            back.install_changed = false;
+            back.installed_set = None;
+        }
+        back.action = report.action;
+        back.reason = report.reason;
+        back.warnings.extend(report.warnings);
+        Ok(back)
+    }
+
+    /// Reports to the rollout that this member serves its generation (once per generation).
+    async fn report_success(
+        &self,
+        link: &FleetLink,
+        cert: &ManagedCertificate,
+        report: &CheckReport,
+    ) {
+        let f = &link.coordinator;
+        let name = cert.name.as_str();
+        let Some((g, _, a)) = f.assess(name, self.clock.now()) else {
+            return;
+        };
+        let has_it = report.installed.as_ref().is_some_and(|i| {
+            i.fingerprint_sha256
+                .eq_ignore_ascii_case(&g.fingerprint_sha256)
+        });
+        if !has_it
+            || a.stage == Stage::RolledBack
+            || f.results(name, g.generation).contains_key(f.member_id())
+        {
+            return;
+        }
+        let result = MemberResult {
+            ok: true,
+            fingerprint_sha256: g.fingerprint_sha256.clone(),
+            detail: None,
+            result: "ok".into(),
+            at: rfc3339(self.clock.now()),
+        };
+        match f.put_result(name, g.generation, &result).await {
+            Ok(()) => tracing::info!(
+                certificate = %name, generation = g.generation, stage = %a.stage,
+                "reported to the rollout: serving the new generation"
+            ),
+            Err(e) => tracing::warn!(
+                certificate = %name, generation = g.generation, error = %e,
+                "could not report to the rollout (tried again next pass)"
+            ),
+        }
+    }
+
+    /// Reports to the rollout that activating its generation failed here (and was rolled
+    /// back): a canary's failure halts it.
+    async fn report_failure(
+        &self,
+        link: &FleetLink,
+        cert: &ManagedCertificate,
+        fingerprint: &str,
+        error: &PassError,
+    ) {
+        let f = &link.coordinator;
+        let name = cert.name.as_str();
+        let Some((g, r, _)) = f.assess(name, self.clock.now()) else {
+            return;
+        };
+        if !g.fingerprint_sha256.eq_ignore_ascii_case(fingerprint) {
+            return;
+        }
+        let mut detail = error.to_string();
+        if detail.len() > 4000 {
+            let mut cut = 4000;
+            while !detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            detail.truncate(cut);
+            detail.push_str(" [...]");
+        }
+        let result = MemberResult {
+            ok: false,
+            fingerprint_sha256: g.fingerprint_sha256.clone(),
+            detail: Some(detail),
+            result: error.kind().to_string(),
+            at: rfc3339(self.clock.now()),
+        };
+        let canary = r.canaries.iter().any(|c| c == f.member_id());
+        match f.put_result(name, g.generation, &result).await {
+            Ok(()) => tracing::error!(
+                certificate = %name, generation = g.generation, canary,
+                result = %result.result,
+                "reported to the rollout: activating the new generation failed here{}",
+                if canary { "; a canary's failure halts the rollout" } else { "" }
+            ),
+            Err(e) => tracing::warn!(
+                certificate = %name, generation = g.generation, error = %e,
+                "could not report the failure to the rollout"
+            ),
         }
     }
 
@@ -346,6 +603,7 @@ impl Agent {
         f: &Coordinator,
         cert: &ManagedCertificate,
         g: Option<&Generation>,
+        serving: Option<&Generation>,
     ) -> Result<Option<CheckReport>, PassError> {
         let name = cert.name.as_str();
         let Some(mark) = f.issuing(name) else {
@@ -369,18 +627,20 @@ impl Agent {
             "adopting the certificate the previous lock holder issued but did not publish"
         );
         let report = self.renewer.install_published(cert, &id, None).await?;
-        self.publish_installed(f, cert, &report, g).await?;
+        self.publish_installed(f, cert, &report, g, serving).await?;
         Ok(Some(report))
     }
 
     /// Publishes what the report installed as the next generation when it is not the
-    /// published one (fenced).
+    /// published one (fenced), with its rollout over `serving` (the generation the members
+    /// serve) when the certificate has rollout settings.
     async fn publish_installed(
         &self,
         f: &Coordinator,
         cert: &ManagedCertificate,
         report: &CheckReport,
         current: Option<&Generation>,
+        serving: Option<&Generation>,
     ) -> Result<Option<Generation>, PassError> {
         let name = cert.name.as_str();
         let (Some(inst), Some(id)) = (&report.installed, report.cloud_id.clone()) else {
@@ -401,11 +661,34 @@ impl Agent {
             issued_by: f.member_id().to_owned(),
             source: report.source.to_owned(),
         };
-        f.publish(name, &g).await.map_err(fleet_error(name))?;
+        let now = self.clock.now();
+        let rollout = match (&cert.rollout, serving) {
+            (Some(settings), Some(previous)) => Some(rollout::start(
+                settings,
+                &g,
+                previous,
+                &f.serving(name),
+                f.member_id(),
+                self.at_emergency_floor(cert, previous, now),
+                now,
+            )),
+            _ => None,
+        };
+        f.publish(name, &g, rollout.as_ref())
+            .await
+            .map_err(fleet_error(name))?;
         tracing::info!(
             certificate = %name, generation = g.generation, cloud_id = %g.cloud_id,
             fingerprint = %g.fingerprint_sha256, "published a new fleet generation"
         );
+        if let Some(r) = &rollout {
+            tracing::info!(
+                certificate = %name, generation = r.generation, previous = r.previous.generation,
+                canaries = %r.canaries.join(","), soak = r.canary_soak_secs, batch = r.batch,
+                emergency = r.emergency, soak_skipped = r.soak_skipped,
+                "started the rollout: canaries first"
+            );
+        }
         Ok(Some(g))
     }
 
@@ -482,7 +765,8 @@ impl Agent {
                 Err(e) => return Err(fleet_error(name)(e)),
             }
         }
-        self.publish_installed(f, cert, report, g.as_ref()).await?;
+        self.publish_installed(f, cert, report, g.as_ref(), None)
+            .await?;
         Ok(())
     }
 
@@ -504,6 +788,12 @@ impl Agent {
         let Some(g) = f.generation(name) else {
             return Ok(());
         };
+        if let Some((_, r, a)) = f.assess(name, self.clock.now())
+            && !a.deploys_released(&r)
+        {
+            tracing::debug!(certificate = %name, generation = g.generation, stage = %a.stage, "cloud deploys wait for the rollout");
+            return Ok(());
+        }
         // Only a member that has the generation's certificate can deploy it.
         let has_it = report.installed.as_ref().is_some_and(|i| {
             i.fingerprint_sha256
@@ -740,7 +1030,7 @@ impl Agent {
             .lag
             .with_label_values(&[name])
             .set(i64::try_from(published.saturating_sub(installed_generation)).unwrap_or(i64::MAX));
-        link.observe(&[(cert.name.clone(), cert.fleet)]);
+        link.observe(&[(cert.name.clone(), cert.fleet)], self.clock.now());
         if !f.is_up() {
             return;
         }

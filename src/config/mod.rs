@@ -309,6 +309,8 @@ pub struct ManagedCertificate {
     pub reload: crate::reload::ReloadPlan,
     /// Its place in the fleet (`local` without `[fleet]`).
     pub fleet: crate::fleet::FleetMode,
+    /// How a shared certificate's new generation reaches the members (`None`: all at once).
+    pub rollout: Option<crate::fleet::rollout::RolloutSettings>,
 }
 
 // Built once per configuration load: the size difference does not matter.
@@ -1944,6 +1946,7 @@ fn check_certificates(c: &mut Checker, raw: &RawConfig) -> Vec<ManagedCertificat
             &defaults_renew,
             &defaults_pca,
             &defaults_output,
+            raw.fleet.as_ref().and_then(|f| f.rollout.as_ref()),
         ) {
             if let Some(first) = names.insert(cert.name.clone(), i) {
                 c.err(
@@ -1999,6 +2002,7 @@ fn check_certificate(
     defaults_renew: &PartialRenew,
     defaults_pca: &PartialPca,
     defaults_output: &PartialOutput,
+    fleet_rollout: Option<&crate::fleet::rollout::RawRollout>,
 ) -> Option<ManagedCertificate> {
     let name = match &raw.name {
         Some(n) if valid_name(n) => Some(n.clone()),
@@ -2145,6 +2149,22 @@ fn check_certificate(
     let fleet = crate::fleet::config::check_mode(&format!("{prefix}.fleet"), raw.fleet.as_ref())
         .map_err(|p| c.problems.push(p))
         .ok();
+    let rollout = match fleet {
+        Some(crate::fleet::FleetMode::Shared) => {
+            crate::fleet::rollout::check(prefix, fleet_rollout, raw.rollout.as_ref())
+                .map_err(|p| c.problems.extend(p))
+                .ok()
+        }
+        _ if raw.rollout.is_some() => {
+            c.err(
+                format!("{prefix}.rollout"),
+                "a staged rollout is for fleet = \"shared\" certificates (one certificate \
+                 that every member installs); this one is not shared",
+            );
+            None
+        }
+        _ => Some(None),
+    };
     Some(ManagedCertificate {
         name: name?,
         source: source?,
@@ -2153,6 +2173,7 @@ fn check_certificate(
         deploy: deploy?,
         reload: reload.plan,
         fleet: fleet?,
+        rollout: rollout?,
     })
 }
 

@@ -152,6 +152,8 @@ pub struct RawCertificate {
     pub hooks: Option<crate::reload::config::RawHooks>,
     /// `local` (default), `shared` or `per-host` (see `crate::fleet`).
     pub fleet: Option<String>,
+    /// `[certificates.rollout]`: a shared certificate's staged rollout (over `[fleet.rollout]`).
+    pub rollout: Option<crate::fleet::rollout::RawRollout>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]

@@ -40,6 +40,8 @@ pub struct RawFleet {
     pub password_env: Option<String>,
     pub password_file: Option<String>,
     pub emergency_local: Option<bool>,
+    /// `[fleet.rollout]`: the default staged rollout of shared certificates.
+    pub rollout: Option<super::rollout::RawRollout>,
 }
 
 /// The validated `[fleet]` section.

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::FleetSettings;
 use super::keys::{Generation, Issuing, Keys, Member, MemberStatus, UnitProgress};
+use super::rollout::{self, Assessment, Mark, MemberResult, Rollout, Stage};
 use crate::cloud::Secret;
 
 /// What went wrong with a fleet operation.
@@ -39,6 +40,9 @@ pub enum FleetError {
     Fenced { name: String, what: String },
     #[error("etcd: {0}")]
     Etcd(String),
+    /// A command that does not apply to the fleet's state.
+    #[error("{0}")]
+    Refused(String),
     #[error("fleet state {key}: {detail}")]
     Format { key: String, detail: String },
 }
@@ -595,6 +599,93 @@ impl Coordinator {
         self.cached(&key).and_then(|kv| json(&key, &kv.value).ok())
     }
 
+    /// The rollout of `name`, as the watch last delivered it.
+    pub fn rollout(&self, name: &str) -> Option<Rollout> {
+        let key = self.keys.rollout(name);
+        let kv = self.cached(&key)?;
+        match json(&key, &kv.value) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring an unreadable rollout");
+                None
+            }
+        }
+    }
+
+    /// The members' activation results for `generation` of `name`: member → result.
+    pub fn results(&self, name: &str, generation: u64) -> BTreeMap<String, MemberResult> {
+        let prefix = self.keys.results(name, generation);
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter_map(|(k, kv)| {
+                json::<MemberResult>(k, &kv.value)
+                    .ok()
+                    .map(|r| (k[prefix.len()..].to_owned(), r))
+            })
+            .collect()
+    }
+
+    /// The live members that serve `name` as a shared certificate.
+    pub fn serving(&self, name: &str) -> std::collections::BTreeSet<String> {
+        let prefix = self.keys.members();
+        let want = format!("{name}:shared");
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter_map(|(k, kv)| json::<Member>(k, &kv.value).ok())
+            .filter(|m| m.serves.contains(&want))
+            .map(|m| m.member_id)
+            .collect()
+    }
+
+    /// The rollout of the published generation of `name` and where it stands, if it has one.
+    pub fn assess(
+        &self,
+        name: &str,
+        now: time::OffsetDateTime,
+    ) -> Option<(Generation, Rollout, Assessment)> {
+        let g = self.generation(name)?;
+        let r = self
+            .rollout(name)
+            .filter(|r| r.generation == g.generation)?;
+        let a = rollout::assess(
+            &r,
+            &self.results(name, g.generation),
+            &self.serving(name),
+            now,
+        );
+        Some((g, r, a))
+    }
+
+    /// Writes this member's activation result for `generation` of `name` (its own key; not
+    /// fenced).
+    pub async fn put_result(
+        &self,
+        name: &str,
+        generation: u64,
+        result: &MemberResult,
+    ) -> Result<(), FleetError> {
+        let key = self.keys.result(name, generation, &self.member.member_id);
+        self.count();
+        self.client()
+            .await?
+            .put(key.clone(), to_json(result), None)
+            .await?;
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            key,
+            Kv {
+                value: to_json(result),
+                lease: 0,
+            },
+        );
+        Ok(())
+    }
+
     // ---- writes ----
 
     fn session_lease(&self) -> Result<i64, FleetError> {
@@ -673,21 +764,52 @@ impl Coordinator {
             .await
     }
 
-    /// Publishes a generation (fenced).
-    pub async fn publish(&self, name: &str, g: &Generation) -> Result<(), FleetError> {
-        let ops = vec![
+    /// Publishes a generation with its rollout, if it has one (fenced). The results of earlier
+    /// generations go.
+    pub async fn publish(
+        &self,
+        name: &str,
+        g: &Generation,
+        rollout: Option<&Rollout>,
+    ) -> Result<(), FleetError> {
+        let mut ops = vec![
             TxnOp::put(self.keys.generation(name), to_json(g), None),
             TxnOp::delete(self.keys.issuing(name), None),
+            TxnOp::delete(
+                self.keys.all_results(name),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            ),
         ];
+        ops.push(match rollout {
+            Some(r) => TxnOp::put(self.keys.rollout(name), to_json(r), None),
+            None => TxnOp::delete(self.keys.rollout(name), None),
+        });
         self.fenced(name, &format!("publish generation {}", g.generation), ops)
             .await?;
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(
             self.keys.generation(name),
             Kv {
                 value: to_json(g),
                 lease: 0,
             },
         );
+        let results = self.keys.all_results(name);
+        cache.retain(|k, _| !k.starts_with(&results));
+        match rollout {
+            Some(r) => {
+                cache.insert(
+                    self.keys.rollout(name),
+                    Kv {
+                        value: to_json(r),
+                        lease: 0,
+                    },
+                );
+            }
+            None => {
+                cache.remove(&self.keys.rollout(name));
+            }
+        }
         Ok(())
     }
 
@@ -782,6 +904,43 @@ pub struct FleetSnapshot {
     pub statuses: Vec<MemberStatus>,
     /// Certificate → generation → unit → progress.
     pub units: BTreeMap<String, BTreeMap<u64, BTreeMap<String, UnitProgress>>>,
+    /// Certificate → its rollout.
+    pub rollouts: BTreeMap<String, Rollout>,
+    /// Certificate → generation → member → activation result.
+    pub results: BTreeMap<String, BTreeMap<u64, BTreeMap<String, MemberResult>>>,
+}
+
+impl FleetSnapshot {
+    /// The live members serving `name` as a shared certificate.
+    pub fn serving(&self, name: &str) -> std::collections::BTreeSet<String> {
+        let want = format!("{name}:shared");
+        self.members
+            .iter()
+            .filter(|m| m.serves.contains(&want))
+            .map(|m| m.member_id.clone())
+            .collect()
+    }
+
+    /// The rollout of the published generation of `name` and where it stands.
+    pub fn assess(
+        &self,
+        name: &str,
+        now: time::OffsetDateTime,
+    ) -> Option<(Generation, Rollout, Assessment)> {
+        let g = self.generations.get(name)?;
+        let r = self
+            .rollouts
+            .get(name)
+            .filter(|r| r.generation == g.generation)?;
+        let empty = BTreeMap::new();
+        let results = self
+            .results
+            .get(name)
+            .and_then(|r| r.get(&g.generation))
+            .unwrap_or(&empty);
+        let a = rollout::assess(r, results, &self.serving(name), now);
+        Some((g.clone(), r.clone(), a))
+    }
 }
 
 /// Reads the fleet's state in one transaction.
@@ -798,33 +957,252 @@ pub async fn snapshot(
     let mut s = FleetSnapshot::default();
     for kv in resp.kvs() {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let rest = &key[prefix.len()..];
-        let parts: Vec<&str> = rest.splitn(5, '/').collect();
-        match parts.as_slice() {
-            ["members", _] => s.members.push(json(&key, kv.value())?),
-            ["locks", name] => {
-                s.locks.insert(
-                    (*name).to_owned(),
-                    String::from_utf8_lossy(kv.value()).into_owned(),
-                );
-            }
-            ["certs", name, "generation"] => {
-                s.generations
-                    .insert((*name).to_owned(), json(&key, kv.value())?);
-            }
-            ["certs", name, "deploy", generation, unit] => {
-                if let Ok(g) = generation.parse::<u64>() {
-                    s.units
-                        .entry((*name).to_owned())
-                        .or_default()
-                        .entry(g)
-                        .or_default()
-                        .insert((*unit).to_owned(), json(&key, kv.value())?);
-                }
-            }
-            ["status", _, _] => s.statuses.push(json(&key, kv.value())?),
-            _ => {}
-        }
+        absorb(&mut s, &prefix, &key, kv.value())?;
     }
     Ok(s)
+}
+
+/// Files one key of the fleet's state into a snapshot.
+fn absorb(s: &mut FleetSnapshot, prefix: &str, key: &str, value: &[u8]) -> Result<(), FleetError> {
+    let rest = &key[prefix.len()..];
+    let parts: Vec<&str> = rest.splitn(5, '/').collect();
+    match parts.as_slice() {
+        ["members", _] => s.members.push(json(key, value)?),
+        ["locks", name] => {
+            s.locks.insert(
+                (*name).to_owned(),
+                String::from_utf8_lossy(value).into_owned(),
+            );
+        }
+        ["certs", name, "generation"] => {
+            s.generations.insert((*name).to_owned(), json(key, value)?);
+        }
+        ["certs", name, "deploy", generation, unit] => {
+            if let Ok(g) = generation.parse::<u64>() {
+                s.units
+                    .entry((*name).to_owned())
+                    .or_default()
+                    .entry(g)
+                    .or_default()
+                    .insert((*unit).to_owned(), json(key, value)?);
+            }
+        }
+        ["certs", name, "rollout"] => {
+            s.rollouts.insert((*name).to_owned(), json(key, value)?);
+        }
+        ["certs", name, "results", generation, member] => {
+            if let Ok(g) = generation.parse::<u64>() {
+                s.results
+                    .entry((*name).to_owned())
+                    .or_default()
+                    .entry(g)
+                    .or_default()
+                    .insert((*member).to_owned(), json(key, value)?);
+            }
+        }
+        ["status", _, _] => s.statuses.push(json(key, value)?),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// An operator's command on a certificate's rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutCommand {
+    Halt,
+    Resume,
+    Rollback,
+}
+
+impl RolloutCommand {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutCommand::Halt => "halt",
+            RolloutCommand::Resume => "resume",
+            RolloutCommand::Rollback => "rollback",
+        }
+    }
+}
+
+/// Runs `command` on the rollout of `name`'s published generation: one compare-and-swap
+/// transaction on the rollout key (retried if a member or another operator changed it
+/// meanwhile), so it is safe from any member at any time. `by` names the operator. Returns
+/// what was done, for the audit log.
+pub async fn rollout_command(
+    settings: &FleetSettings,
+    password: Option<&Secret>,
+    name: &str,
+    command: RolloutCommand,
+    by: &str,
+    now: time::OffsetDateTime,
+) -> Result<String, FleetError> {
+    let keys = Keys::new(&settings.prefix);
+    let mut client = connect(settings, password).await?;
+    for _ in 0..5 {
+        let s = read_certificate(&mut client, &keys, name).await?;
+        let Some(g) = s.generations.get(name) else {
+            return Err(FleetError::Refused(format!(
+                "certificate {name} has no published generation in this fleet"
+            )));
+        };
+        let Some((_, mut r, a)) = s.assess(name, now) else {
+            return Err(FleetError::Refused(format!(
+                "generation {} of certificate {name} has no rollout (the certificate has no rollout settings, or it is the first generation)",
+                g.generation
+            )));
+        };
+        let mark = Mark {
+            by: by.to_owned(),
+            reason: format!("{} by {by}", command.as_str()),
+            at: crate::values::rfc3339(now),
+        };
+        let results = keys.results(name, r.generation);
+        let mut ops = Vec::new();
+        let done = match command {
+            RolloutCommand::Halt => {
+                if matches!(a.stage, Stage::Done | Stage::RolledBack | Stage::Halted) {
+                    return Err(FleetError::Refused(format!(
+                        "the rollout of generation {} of {name} is {}: nothing to halt",
+                        r.generation, a.stage
+                    )));
+                }
+                r.halted = Some(mark);
+                format!(
+                    "halted the rollout of generation {} of {name} (it was {})",
+                    r.generation, a.stage
+                )
+            }
+            RolloutCommand::Resume => match a.stage {
+                Stage::Halted => {
+                    r.halted = None;
+                    r.resumed = Some(mark);
+                    // The members that failed try again.
+                    let empty = BTreeMap::new();
+                    let failed: Vec<String> = s
+                        .results
+                        .get(name)
+                        .and_then(|x| x.get(&r.generation))
+                        .unwrap_or(&empty)
+                        .iter()
+                        .filter(|(_, x)| !x.ok)
+                        .map(|(m, _)| m.clone())
+                        .collect();
+                    for m in &failed {
+                        ops.push(TxnOp::delete(format!("{results}{m}"), None));
+                    }
+                    format!(
+                        "resumed the rollout of generation {} of {name}; members that failed try again: {}",
+                        r.generation,
+                        if failed.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            failed.join(", ")
+                        }
+                    )
+                }
+                Stage::RolledBack => {
+                    r.rolled_back = None;
+                    r.halted = None;
+                    r.resumed = Some(mark);
+                    ops.push(TxnOp::delete(
+                        results,
+                        Some(etcd_client::DeleteOptions::new().with_prefix()),
+                    ));
+                    format!(
+                        "resumed the rolled-back generation {} of {name}: its rollout starts over from the canaries ({})",
+                        r.generation,
+                        r.canaries.join(", ")
+                    )
+                }
+                other => {
+                    return Err(FleetError::Refused(format!(
+                        "the rollout of generation {} of {name} is {other}: nothing to resume",
+                        r.generation
+                    )));
+                }
+            },
+            RolloutCommand::Rollback => {
+                if a.stage == Stage::RolledBack {
+                    return Err(FleetError::Refused(format!(
+                        "generation {} of {name} is already rolled back",
+                        r.generation
+                    )));
+                }
+                let valid = time::OffsetDateTime::parse(
+                    &r.previous.not_after,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .is_ok_and(|t| t > now);
+                if !valid {
+                    return Err(FleetError::Refused(format!(
+                        "the previous generation {} of {name} is no longer valid (not after {}): rolling back to it would serve an expired certificate",
+                        r.previous.generation, r.previous.not_after
+                    )));
+                }
+                r.rolled_back = Some(mark);
+                format!(
+                    "rolled back {name} from generation {} to generation {} (it was {})",
+                    r.generation, r.previous.generation, a.stage
+                )
+            }
+        };
+        let key = keys.rollout(name);
+        ops.insert(0, TxnOp::put(key.clone(), to_json(&r), None));
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key,
+                CompareOp::Equal,
+                s.rollout_revision,
+            )])
+            .and_then(ops);
+        if client.txn(txn).await?.succeeded() {
+            return Ok(done);
+        }
+    }
+    Err(FleetError::Refused(format!(
+        "the rollout of {name} kept changing under the command; try again"
+    )))
+}
+
+/// One certificate's keys and the members, read in one transaction.
+struct CertificateRead {
+    snapshot: FleetSnapshot,
+    rollout_revision: i64,
+}
+
+impl std::ops::Deref for CertificateRead {
+    type Target = FleetSnapshot;
+    fn deref(&self) -> &FleetSnapshot {
+        &self.snapshot
+    }
+}
+
+async fn read_certificate(
+    client: &mut Client,
+    keys: &Keys,
+    name: &str,
+) -> Result<CertificateRead, FleetError> {
+    let certs = format!("{}/certs/{name}/", keys.prefix());
+    let txn = Txn::new().and_then([
+        TxnOp::get(certs.clone(), Some(GetOptions::new().with_prefix())),
+        TxnOp::get(keys.members(), Some(GetOptions::new().with_prefix())),
+    ]);
+    let resp = client.txn(txn).await?;
+    let prefix = format!("{}/", keys.prefix());
+    let mut s = FleetSnapshot::default();
+    let mut rollout_revision = 0;
+    for r in resp.op_responses() {
+        let TxnOpResponse::Get(g) = r else { continue };
+        for kv in g.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            if key == keys.rollout(name) {
+                rollout_revision = kv.mod_revision();
+            }
+            absorb(&mut s, &prefix, &key, kv.value())?;
+        }
+    }
+    Ok(CertificateRead {
+        snapshot: s,
+        rollout_revision,
+    })
 }

@@ -7,6 +7,8 @@
 //! {prefix}/certs/{name}/generation                the published generation (Generation)
 //! {prefix}/certs/{name}/issuing                   the holder's mark before an issuance (Issuing)
 //! {prefix}/certs/{name}/deploy/{gen}/{unit}       one deploy unit's progress (UnitProgress)
+//! {prefix}/certs/{name}/rollout                   the published generation's rollout (Rollout)
+//! {prefix}/certs/{name}/results/{gen}/{member}    a member's activation result (MemberResult)
 //! {prefix}/status/{member}/{name}                 what a member has installed (MemberStatus)
 //! ```
 
@@ -62,6 +64,23 @@ impl Keys {
 
     pub fn unit(&self, name: &str, generation: u64, unit: &str) -> String {
         format!("{}/certs/{name}/deploy/{generation}/{unit}", self.prefix)
+    }
+
+    pub fn rollout(&self, name: &str) -> String {
+        format!("{}/certs/{name}/rollout", self.prefix)
+    }
+
+    /// Every generation's results of `name`.
+    pub fn all_results(&self, name: &str) -> String {
+        format!("{}/certs/{name}/results/", self.prefix)
+    }
+
+    pub fn results(&self, name: &str, generation: u64) -> String {
+        format!("{}/certs/{name}/results/{generation}/", self.prefix)
+    }
+
+    pub fn result(&self, name: &str, generation: u64, member: &str) -> String {
+        format!("{}/certs/{name}/results/{generation}/{member}", self.prefix)
     }
 
     pub fn statuses(&self) -> String {

@@ -8,6 +8,7 @@ pub mod config;
 
 pub use config::{FleetMode, FleetSettings};
 pub mod keys;
+pub mod rollout;
 
 #[cfg(feature = "fleet")]
 pub mod coordinator;

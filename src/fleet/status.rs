@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::coordinator::FleetSnapshot;
 use super::keys::UnitState;
+use super::rollout::{Mark, Stage};
 
 /// One member's view of one certificate.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -18,11 +19,16 @@ pub struct Row {
     /// The fleet generation its files are (0: none of the fleet's).
     pub generation: u64,
     pub fingerprint_sha256: Option<String>,
-    /// Its fingerprint is the published generation's.
+    /// The generation it should serve: the published one, or the previous one while the
+    /// rollout does not admit it.
+    pub target_generation: u64,
+    /// Its fingerprint is its target generation's.
     pub matches: bool,
+    /// Its activation result for the rollout of the published generation (`ok`, or the failure).
+    pub rollout_result: Option<String>,
     pub last_result: Option<String>,
     pub last_seen: Option<String>,
-    /// Alive and behind the published generation.
+    /// Alive and not serving its target generation.
     pub lagging: bool,
 }
 
@@ -36,6 +42,34 @@ pub struct Certificate {
     pub lock_holder: Option<String>,
     /// Deploy units of the published generation by state.
     pub units: std::collections::BTreeMap<String, usize>,
+    /// The published generation's staged rollout, if it has one.
+    pub rollout: Option<RolloutView>,
+}
+
+/// Where a rollout stands, for people and for `--json`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RolloutView {
+    pub generation: u64,
+    pub previous_generation: u64,
+    pub stage: Stage,
+    pub canaries: Vec<String>,
+    pub batch: u32,
+    pub failure_budget: u32,
+    pub emergency: bool,
+    pub soak_skipped: bool,
+    pub soak_until: Option<String>,
+    /// Why it is halted or rolled back, and by whom.
+    pub halt: Option<Mark>,
+    /// Members whose activation failed, with what failed (the server's stderr included).
+    pub failures: Vec<Failure>,
+    /// What happens next.
+    pub next: String,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Failure {
+    pub member: String,
+    pub detail: String,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -45,15 +79,18 @@ pub struct Report {
     pub lagging: Vec<String>,
     /// Deploy units waiting for an operator (`certificate: unit`).
     pub needs_human: Vec<String>,
+    /// Rollouts that are halted (`certificate: why`).
+    pub halted: Vec<String>,
 }
 
 impl Report {
-    /// Whether `fleet status` exits non-zero: a live member lags, or a unit needs a human.
+    /// Whether `fleet status` exits non-zero: a live member lags, a unit needs a human, or a
+    /// rollout is halted.
     pub fn unhealthy(&self) -> bool {
-        !self.lagging.is_empty() || !self.needs_human.is_empty()
+        !self.lagging.is_empty() || !self.needs_human.is_empty() || !self.halted.is_empty()
     }
 
-    pub fn from_snapshot(s: &FleetSnapshot) -> Report {
+    pub fn from_snapshot(s: &FleetSnapshot, now: time::OffsetDateTime) -> Report {
         let alive: BTreeSet<&str> = s.members.iter().map(|m| m.member_id.as_str()).collect();
         let mut names: BTreeSet<String> = s.generations.keys().cloned().collect();
         for m in &s.members {
@@ -70,6 +107,7 @@ impl Report {
             rows: Vec::new(),
             lagging: Vec::new(),
             needs_human: Vec::new(),
+            halted: Vec::new(),
         };
         for name in names {
             let g = s.generations.get(&name);
@@ -83,6 +121,34 @@ impl Report {
                     }
                 }
             }
+            let assessed = s.assess(&name, now);
+            let rollout = assessed.as_ref().map(|(_, r, a)| RolloutView {
+                generation: r.generation,
+                previous_generation: r.previous.generation,
+                stage: a.stage,
+                canaries: r.canaries.clone(),
+                batch: r.batch,
+                failure_budget: r.failure_budget,
+                emergency: r.emergency,
+                soak_skipped: r.soak_skipped,
+                soak_until: a.soak_until.map(crate::values::rfc3339),
+                halt: a.halt.clone(),
+                failures: a
+                    .failures
+                    .iter()
+                    .map(|(m, d)| Failure {
+                        member: m.clone(),
+                        detail: d.clone(),
+                    })
+                    .collect(),
+                next: a.next.clone(),
+            });
+            if let Some(v) = &rollout
+                && v.stage == Stage::Halted
+            {
+                let why = v.halt.as_ref().map_or("", |h| h.reason.as_str());
+                report.halted.push(format!("{name}: {why}"));
+            }
             report.certificates.push(Certificate {
                 name: name.clone(),
                 generation: published,
@@ -90,6 +156,7 @@ impl Report {
                 not_after: g.map(|g| g.not_after.clone()),
                 lock_holder: s.locks.get(&name).cloned(),
                 units,
+                rollout,
             });
             let mut members: BTreeSet<&str> = s
                 .members
@@ -113,10 +180,22 @@ impl Report {
                     .iter()
                     .find(|st| st.name == name && st.member == member);
                 let fp = st.and_then(|st| st.fingerprint_sha256.clone());
-                let matches = match (g, &fp) {
-                    (Some(g), Some(fp)) => g.fingerprint_sha256.eq_ignore_ascii_case(fp),
+                let target = match &assessed {
+                    Some((_, r, a)) if !a.admits(member) => Some(&r.previous),
+                    _ => g,
+                };
+                let matches = match (target, &fp) {
+                    (Some(t), Some(fp)) => t.fingerprint_sha256.eq_ignore_ascii_case(fp),
                     _ => false,
                 };
+                let rollout_result = assessed.as_ref().and_then(|(g, _, _)| {
+                    let x = s.results.get(&name)?.get(&g.generation)?.get(member)?;
+                    Some(if x.ok {
+                        "ok".to_owned()
+                    } else {
+                        format!("failed ({})", x.result)
+                    })
+                });
                 let is_alive = alive.contains(member);
                 // per-host: every member has its own certificate; only shared ones must match.
                 let shared = st.map_or_else(
@@ -137,7 +216,9 @@ impl Report {
                     alive: is_alive,
                     generation: st.map_or(0, |st| st.generation),
                     fingerprint_sha256: fp,
+                    target_generation: target.map_or(0, |t| t.generation),
                     matches,
+                    rollout_result,
                     last_result: st.map(|st| st.last_result.clone()),
                     last_seen: st.map(|st| st.last_seen.clone()),
                     lagging,
@@ -166,18 +247,50 @@ impl Report {
                 c.lock_holder.as_deref().unwrap_or("free"),
                 if units.is_empty() { "none".to_owned() } else { units.join(", ") }
             ));
+            if let Some(v) = &c.rollout {
+                out.push_str(&format!(
+                    "  rollout of generation {} (over {}): {}; canaries {}, batch {}, failure budget {}{}\n",
+                    v.generation,
+                    v.previous_generation,
+                    v.stage,
+                    v.canaries.join(", "),
+                    v.batch,
+                    v.failure_budget,
+                    if v.soak_skipped { ", soak skipped (emergency)" } else { "" }
+                ));
+                if let Some(h) = &v.halt {
+                    out.push_str(&format!("  {}: {} (at {})\n", v.stage, h.reason, h.at));
+                }
+                for f in &v.failures {
+                    out.push_str(&format!("  failed on {}:\n", f.member));
+                    for line in f.detail.lines() {
+                        out.push_str(&format!("    | {line}\n"));
+                    }
+                }
+                out.push_str(&format!("  next: {}\n", v.next));
+            }
             out.push_str(&format!(
-                "  {:<24} {:<6} {:>10}  {:<16}  {:<5}  {:<12}  {}\n",
-                "MEMBER", "ALIVE", "GENERATION", "FINGERPRINT", "MATCH", "LAST RESULT", "LAST SEEN"
+                "  {:<24} {:<6} {:>10} {:>6}  {:<16}  {:<5}  {:<12}  {:<12}  {}\n",
+                "MEMBER",
+                "ALIVE",
+                "GENERATION",
+                "TARGET",
+                "FINGERPRINT",
+                "MATCH",
+                "ROLLOUT",
+                "LAST RESULT",
+                "LAST SEEN"
             ));
             for r in self.rows.iter().filter(|r| r.certificate == c.name) {
                 out.push_str(&format!(
-                    "  {:<24} {:<6} {:>10}  {:<16}  {:<5}  {:<12}  {}{}\n",
+                    "  {:<24} {:<6} {:>10} {:>6}  {:<16}  {:<5}  {:<12}  {:<12}  {}{}\n",
                     r.member,
                     if r.alive { "yes" } else { "gone" },
                     r.generation,
+                    r.target_generation,
                     short(&r.fingerprint_sha256),
                     if r.matches { "yes" } else { "no" },
+                    r.rollout_result.as_deref().unwrap_or("-"),
                     r.last_result.as_deref().unwrap_or("-"),
                     r.last_seen.as_deref().unwrap_or("-"),
                     if r.lagging { "  LAGGING" } else { "" }
@@ -189,6 +302,9 @@ impl Report {
         }
         for l in &self.lagging {
             out.push_str(&format!("lagging: {l}\n"));
+        }
+        for h in &self.halted {
+            out.push_str(&format!("rollout halted: {h}\n"));
         }
         for u in &self.needs_human {
             out.push_str(&format!(
@@ -250,7 +366,7 @@ mod tests {
             status("b", "www", "shared", 1, "BB"),
             status("gone", "www", "shared", 1, "BB"),
         ];
-        let r = Report::from_snapshot(&s);
+        let r = Report::from_snapshot(&s, time::OffsetDateTime::now_utc());
         assert_eq!(r.lagging, vec!["b (www)".to_owned()]);
         assert!(r.unhealthy());
         let gone = r.rows.iter().find(|x| x.member == "gone").expect("row");
@@ -271,7 +387,7 @@ mod tests {
             status("a", "api", "per-host", 1, "AA"),
             status("b", "api", "per-host", 0, "BB"),
         ];
-        let r = Report::from_snapshot(&s);
+        let r = Report::from_snapshot(&s, time::OffsetDateTime::now_utc());
         assert!(r.lagging.is_empty(), "{r:?}");
         assert!(!r.unhealthy());
         s.units
@@ -289,7 +405,7 @@ mod tests {
                     detail: None,
                 },
             );
-        let r = Report::from_snapshot(&s);
+        let r = Report::from_snapshot(&s, time::OffsetDateTime::now_utc());
         assert_eq!(r.needs_human, vec!["api: push/ELB/r1".to_owned()]);
         assert!(r.unhealthy());
         assert_eq!(r.certificates[0].units.get("needs_human"), Some(&1));
@@ -303,7 +419,7 @@ mod tests {
         };
         s.generations.insert("www".into(), generation(1, "AA"));
         s.statuses = vec![status("a", "www", "shared", 1, "AA")];
-        let r = Report::from_snapshot(&s);
+        let r = Report::from_snapshot(&s, time::OffsetDateTime::now_utc());
         assert_eq!(r.lagging, vec!["new (www)".to_owned()]);
     }
 }

@@ -52,7 +52,7 @@ if cargo tree --locked -e normal --features fleet | grep -E "aws-lc|openssl-sys"
     echo "error: aws-lc-rs or openssl-sys crept into the dependency tree (--features fleet)" >&2
     exit 1
 fi
-cargo test --locked --features fleet --lib --test fleet_etcd
+cargo test --locked --features fleet --lib --test fleet_etcd --test fleet_rollout
 
 echo "==> official Huawei Cloud SDKs against the emulator"
 cargo build --locked --bin ccm-agent

@@ -544,6 +544,10 @@ pub async fn run(
                     // Let a burst of changes (a holder's deploy marks) settle.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     fleet_pass(&agent, &opts.shutdown).await;
+                    // The pass may have set an earlier wake (the end of a rollout's soak).
+                    sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + agent.next_wake());
                     continue;
                 }
                 _ = check_now.recv() => {

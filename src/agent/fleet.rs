@@ -1012,14 +1012,27 @@ impl Agent {
             Err(_) => self.renewer.installed(cert).map(|i| i.fingerprint_sha256),
         };
         let g = f.generation(name);
-        let installed_generation = match (&g, &fp) {
-            (Some(g), Some(fp)) if g.fingerprint_sha256.eq_ignore_ascii_case(fp) => g.generation,
-            _ => 0,
-        };
+        // During a rollout a member may serve the previous generation: that is a fleet
+        // generation too.
+        let previous = f
+            .rollout(name)
+            .filter(|r| g.as_ref().is_some_and(|g| g.generation == r.generation))
+            .map(|r| r.previous);
+        let installed_generation = [&g, &previous]
+            .into_iter()
+            .flatten()
+            .find(|x| {
+                fp.as_deref()
+                    .is_some_and(|fp| x.fingerprint_sha256.eq_ignore_ascii_case(fp))
+            })
+            .map_or(0, |x| x.generation);
         // per-host: each member has its own certificate; only the one the targets get is
-        // published, so the others do not lag behind it.
+        // published, so the others do not lag behind it. shared: the generation this member
+        // should serve (the rollout may hold it on the previous one).
         let published = match cert.fleet {
-            FleetMode::Shared => g.as_ref().map_or(0, |g| g.generation),
+            FleetMode::Shared => self
+                .target(f, name, self.clock.now())
+                .map_or(0, |t| t.generation),
             _ => installed_generation,
         };
         link.metrics

@@ -81,7 +81,7 @@ impl FleetMetrics {
             )?,
             lag: vec(
                 "ccm_agent_fleet_member_lag",
-                "Published generation minus the one installed here (0: up to date).",
+                "The generation this member should serve (the published one, or the previous one while a rollout holds it back) minus the one installed here (0: up to date).",
             )?,
             needs_human: vec(
                 "ccm_agent_fleet_deploy_needs_human",

@@ -234,6 +234,7 @@ async fn main() {
         .expect("publish");
     let mut stage = Stage::Canary;
     let mut marks = vec![(Stage::Canary, Duration::ZERO)];
+    let mut next_progress = Duration::from_secs(10);
     loop {
         let now = time::OffsetDateTime::now_utc();
         for m in &members {
@@ -261,6 +262,36 @@ async fn main() {
         if now_stage != stage {
             stage = now_stage;
             marks.push((stage, start.elapsed()));
+        }
+        // Progress every 10 s, so that a rollout that does not finish shows where it stands.
+        if start.elapsed() >= next_progress {
+            next_progress += Duration::from_secs(10);
+            let now = time::OffsetDateTime::now_utc();
+            let behind: Vec<String> = members
+                .iter()
+                .filter_map(|m| match m.assess("www", now) {
+                    Some((_, _, a)) if a.stage == Stage::Done => None,
+                    Some((_, _, a)) => Some(format!("{}: {} ({})", m.member_id(), a.stage, a.next)),
+                    None => Some(format!("{}: no rollout in its view", m.member_id())),
+                })
+                .collect();
+            let seen: Vec<usize> = members.iter().map(|m| m.results("www", n).len()).collect();
+            let up = members.iter().filter(|m| m.is_up()).count();
+            let lagging: Vec<String> = members
+                .iter()
+                .zip(&seen)
+                .filter(|(_, k)| **k < seen.iter().copied().max().unwrap_or(0))
+                .map(|(m, k)| format!("{} sees {k}", m.member_id()))
+                .take(5)
+                .collect();
+            eprintln!(
+                "rollout after {:.0} s: the leader sees {stage}; {} member(s) not done yet, first: {:?}; {up} up; results seen per member: min {} max {}; behind: {lagging:?}",
+                start.elapsed().as_secs_f64(),
+                behind.len(),
+                behind.first(),
+                seen.iter().min().unwrap_or(&0),
+                seen.iter().max().unwrap_or(&0),
+            );
         }
         // Done when every member's own view says so.
         if members.iter().all(|m| {

@@ -165,6 +165,34 @@ async fn the_fence_refuses_a_member_whose_lease_expired() {
     b.stop().await;
 }
 
+/// Every member sees every other member's registration with its certificates, whether that
+/// member registered before or after it joined (the rollout picks canaries and admits members
+/// from them). Found by the 200-member rollout bench: the snapshot a member took when it joined
+/// held the earlier registrations without their values, so each member saw a different subset
+/// and no one was admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_sees_every_registration_with_what_it_serves() {
+    let Some(etcd) = Etcd::start() else { return };
+    let a = start(&etcd, "a", 10);
+    up(&a).await;
+    let b = start(&etcd, "b", 10);
+    up(&b).await;
+    let c = start(&etcd, "c", 10);
+    up(&c).await;
+    let all: std::collections::BTreeSet<String> = ["a", "b", "c"].map(String::from).into();
+    for m in [&a, &b, &c] {
+        wait_for(
+            "every registration in the member's view",
+            Duration::from_secs(10),
+            || m.serving("www") == all,
+        )
+        .await;
+    }
+    for m in [&a, &b, &c] {
+        m.stop().await;
+    }
+}
+
 /// A lease that really expires (keep-alives stop: the member's process is gone) frees the lock
 /// within about the TTL; another member takes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

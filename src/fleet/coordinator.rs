@@ -379,10 +379,9 @@ impl Coordinator {
         let txn = Txn::new().and_then([
             TxnOp::get(certs.clone(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(locks.clone(), Some(GetOptions::new().with_prefix())),
-            TxnOp::get(
-                members.clone(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            ),
+            // With their values: a rollout picks canaries and admits members from the
+            // registrations (which certificates each member serves).
+            TxnOp::get(members.clone(), Some(GetOptions::new().with_prefix())),
         ]);
         self.count();
         let resp = client.txn(txn).await?;

@@ -976,33 +976,37 @@ fn absorb(s: &mut FleetSnapshot, prefix: &str, key: &str, value: &[u8]) -> Resul
         ["certs", name, "generation"] => {
             s.generations.insert((*name).to_owned(), json(key, value)?);
         }
-        ["certs", name, "deploy", generation, unit] => {
-            if let Ok(g) = generation.parse::<u64>() {
-                s.units
-                    .entry((*name).to_owned())
-                    .or_default()
-                    .entry(g)
-                    .or_default()
-                    .insert((*unit).to_owned(), json(key, value)?);
-            }
+        ["certs", name, "deploy", generation, unit] if generation.parse::<u64>().is_ok() => {
+            file_per_generation(&mut s.units, name, generation, unit, json(key, value)?);
         }
         ["certs", name, "rollout"] => {
             s.rollouts.insert((*name).to_owned(), json(key, value)?);
         }
-        ["certs", name, "results", generation, member] => {
-            if let Ok(g) = generation.parse::<u64>() {
-                s.results
-                    .entry((*name).to_owned())
-                    .or_default()
-                    .entry(g)
-                    .or_default()
-                    .insert((*member).to_owned(), json(key, value)?);
-            }
+        ["certs", name, "results", generation, member] if generation.parse::<u64>().is_ok() => {
+            file_per_generation(&mut s.results, name, generation, member, json(key, value)?);
         }
         ["status", _, _] => s.statuses.push(json(key, value)?),
         _ => {}
     }
     Ok(())
+}
+
+/// Files `value` under certificate → generation → `key` (a key whose generation is not a number
+/// is ignored).
+fn file_per_generation<T>(
+    map: &mut BTreeMap<String, BTreeMap<u64, BTreeMap<String, T>>>,
+    name: &str,
+    generation: &str,
+    key: &str,
+    value: T,
+) {
+    if let Ok(g) = generation.parse::<u64>() {
+        map.entry(name.to_owned())
+            .or_default()
+            .entry(g)
+            .or_default()
+            .insert(key.to_owned(), value);
+    }
 }
 
 /// An operator's command on a certificate's rollout.
